@@ -1,0 +1,176 @@
+"""Training-step overhead of weight companding, measured in one run with interleaved blocks.
+
+    python benchmarks/overhead.py                 # full run (a few minutes on 2 cores)
+    python benchmarks/overhead.py --json out.json # also write the numbers
+
+Two models, batch 128: a small CNN on 28x28 input (compute-bound) and an MLP 784-1024-1024-10
+(1.8 M weights, little compute per weight: the worst case for an elementwise reparameterization).
+Variants: plain, companded (fixed), companded (learnable), weight_norm (a peer), and inference of
+a plain vs a baked model. Blocks run interleaved (plain, wc, ..., plain, wc, ...) so machine
+noise hits every variant alike; each ratio is the median block time over plain's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+import weight_compander as wc
+
+BATCH = 128
+
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10),
+    )  # fmt: skip
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)
+    )
+
+
+def with_weight_norm(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            weight_norm(module)
+    return model
+
+
+# The same tanh without the fused forward/backward: plain autograd through the expression,
+# to show what the fused path buys.
+_tanh = wc.get_kind("tanh")
+wc.register_kind("tanh-autograd", _tanh.forward, _tanh.inverse, _tanh.hyperparameters, bound="limit")
+
+VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "plain": lambda m: m,
+    "wc fixed": lambda m: (wc.apply(m), m)[1],
+    "wc learnable": lambda m: (wc.apply(m, learnable=True), m)[1],
+    "wc learn (autograd)": lambda m: (wc.apply(m, kind="tanh-autograd", learnable=True), m)[1],
+    "weight_norm": with_weight_norm,
+}
+
+
+def train_step_timer(model: nn.Module, steps: int) -> Callable[[], float]:
+    opt = torch.optim.SGD(wc.param_groups(model, weight_decay=5e-4), lr=0.01, momentum=0.9, nesterov=True)
+    x = torch.randn(BATCH, 1, 28, 28)
+    y = torch.randint(0, 10, (BATCH,))
+
+    def block() -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        return (time.perf_counter() - start) / steps
+
+    return block
+
+
+def inference_timer(model: nn.Module, steps: int) -> Callable[[], float]:
+    model.eval()
+    x = torch.randn(BATCH, 1, 28, 28)
+
+    def block() -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(steps):
+                model(x)
+        return (time.perf_counter() - start) / steps
+
+    return block
+
+
+def interleaved(timers: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    for timer in timers.values():  # warm-up: allocator, caches, first-call overheads
+        timer()
+    times: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            times[name].append(timer())
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    threads = torch.get_num_threads()
+    return f"{cpu}; {threads} threads; torch {torch.__version__}; Python {platform.python_version()}"
+
+
+def run(rounds: int, steps: int) -> dict:
+    results: dict = {"machine": machine(), "batch": BATCH, "rounds": rounds, "steps_per_block": steps}
+    for model_name, build in {"cnn": small_cnn, "mlp": mlp}.items():
+        timers = {}
+        for variant, transform in VARIANTS.items():
+            torch.manual_seed(0)
+            timers[variant] = train_step_timer(transform(build()), steps)
+        medians = interleaved(timers, rounds)
+        torch.manual_seed(0)
+        plain = build()
+        baked = build()
+        baked.load_state_dict(plain.state_dict())
+        wc.apply(baked)
+        wc.remove(baked, bake=True)
+        inference = interleaved(
+            {"plain": inference_timer(plain, steps), "baked": inference_timer(baked, steps)}, rounds
+        )
+        results[model_name] = {
+            "train_step_ms": {k: 1e3 * v for k, v in medians.items()},
+            "train_ratio": {k: v / medians["plain"] for k, v in medians.items() if k != "plain"},
+            "inference_ms": {k: 1e3 * v for k, v in inference.items()},
+            "inference_ratio_baked": inference["baked"] / inference["plain"],
+        }
+    return results
+
+
+def print_results(results: dict) -> None:
+    print(f"machine: {results['machine']}")
+    rounds, steps = results["rounds"], results["steps_per_block"]
+    print(f"batch {results['batch']}, {rounds} interleaved rounds of {steps} steps")
+    print(f"{'model':<5} {'variant':<20} {'ms/step':>8} {'ratio':>6}")
+    for model_name in ("cnn", "mlp"):
+        r = results[model_name]
+        for variant, ms in r["train_step_ms"].items():
+            ratio = r["train_ratio"].get(variant, 1.0)
+            print(f"{model_name:<5} {variant:<20} {ms:8.2f} {ratio:6.2f}")
+        inf = r["inference_ms"]
+        print(f"{model_name:<5} {'infer plain':<20} {inf['plain']:8.2f} {1.0:6.2f}")
+        print(f"{model_name:<5} {'infer baked':<20} {inf['baked']:8.2f} {r['inference_ratio_baked']:6.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
+    parser.add_argument("--steps", type=int, default=10, help="training steps per block (default 10)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    results = run(args.rounds, args.steps)
+    print_results(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""weight-compander: weights through an odd, increasing, magnitude-limiting function.
+
+The optimizer trains a raw tensor ``v``; the network computes with ``w = s * phi(v / s)``, which
+bounds weight magnitude and pushes weights away from zero. One line puts it on a model::
+
+    import weight_compander as wc
+    wc.apply(model)                      # every Linear/Conv weight, tanh, gain 2, limit 3
+    opt = torch.optim.SGD(wc.param_groups(model, weight_decay=5e-4), lr=0.1)
+    ...
+    wc.remove(model)                     # a plain PyTorch model with f(v) baked in
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .api import apply, compand, remove
+from .exceptions import CompanderWarning
+from .functions import Hyperparameter, Kind, get_kind, kinds, register_kind
+from .optim import hyperparameters, named_hyperparameters, param_groups
+from .parametrization import Compander
+from .stats import StatsTable, format_stats, stats, weights
+
+try:
+    __version__ = version("weight-compander")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "Compander",
+    "CompanderWarning",
+    "Hyperparameter",
+    "Kind",
+    "StatsTable",
+    "__version__",
+    "apply",
+    "compand",
+    "format_stats",
+    "get_kind",
+    "hyperparameters",
+    "kinds",
+    "named_hyperparameters",
+    "param_groups",
+    "register_kind",
+    "remove",
+    "stats",
+    "weights",
+]

@@ -1,0 +1,344 @@
+"""compand / apply / remove: put weight companding on a model and take it off again.
+
+Every check runs before anything is registered, so a bad call leaves the model exactly as it
+was; ``apply`` also undoes its own registrations if one of them fails part-way.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from . import defaults
+from .exceptions import CompanderWarning
+from .functions import Kind, get_kind
+from .parametrization import Compander, SharedCompander, make_picklable
+from .selection import Target, companded_entries, has_tensor, select_targets, tied_holders
+
+__all__ = ["apply", "compand", "remove"]
+
+OVERFLOW_POLICIES = ("expand", "clip", "error")
+Include = Iterable[type[nn.Module] | str] | type[nn.Module] | str | None
+
+
+@dataclass
+class _Plan:
+    target: Target
+    compander: Compander
+    tied: list[Target]
+    notice: str | None
+
+
+def compand(
+    module: nn.Module,
+    name: str = "weight",
+    *,
+    kind: str | Kind = defaults.DEFAULT_KIND,
+    learnable: bool | Collection[str] = defaults.DEFAULT_LEARNABLE,
+    scale: str | float = defaults.DEFAULT_SCALE,
+    per_channel: bool = False,
+    overflow: str = defaults.DEFAULT_OVERFLOW,
+    **hyperparameters: float,
+) -> nn.Module:
+    r"""Compand one tensor: the module computes with ``w = s * phi(v / s)``, the optimizer trains ``v``.
+
+    For ``kind="tanh"``: :math:`w = s L \tanh(g v / (s L))` -- slope ``g`` at zero pushes small
+    weights out, ``|w| < s L`` bounds large ones. Registering sets ``v = f^{-1}(w)``, so the
+    module's outputs do not change.
+
+    Args:
+        module: the module holding the tensor.
+        name: the tensor's attribute name. Default: ``"weight"``.
+        kind: a registered kind (``wc.kinds()``): ``"tanh"``, ``"mulaw"``, ``"identity"``.
+        learnable: ``True`` to learn all hyperparameters, ``False`` to fix them, or the names of
+            those to learn (e.g. ``("limit",)``).
+        scale: ``s``: ``"std"`` (the tensor's std now), ``"channel"`` (std per output channel,
+            dim 0) or a positive number. Hyperparameters are in units of ``s``.
+        per_channel: one set of hyperparameters per output channel (dim 0) instead of one.
+        overflow: for bounded kinds, what to do with weights at or beyond the bound:
+            ``"expand"`` raises the limit to cover them (outputs unchanged), ``"clip"`` clips
+            them to the bound, ``"error"`` raises. Either way a warning says how many.
+        **hyperparameters: the kind's hyperparameters, e.g. ``gain=2.0, limit=3.0``.
+
+    Returns:
+        the module.
+
+    Example::
+
+        >>> import torch.nn as nn, weight_compander as wc
+        >>> layer = wc.compand(nn.Linear(20, 40), gain=2.0, limit=3.0)
+        >>> layer.parametrizations.weight[0]
+        Compander(kind=tanh, scale=0.1294, gain=2, limit=3)
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"compand needs an nn.Module; got {type(module).__name__}.")
+    if not isinstance(name, str) or not has_tensor(module, name):
+        names = [n for n, _ in module.named_parameters(recurse=False)]
+        raise ValueError(
+            f"{type(module).__name__} has no tensor {name!r}; its parameters are: "
+            f"{', '.join(names) or '(none)'}."
+        )
+    plan = _plan(
+        Target(name, module, name), None, kind, learnable, scale, per_channel, overflow, hyperparameters
+    )
+    _register(plan)
+    return module
+
+
+def apply(
+    model: nn.Module,
+    include: Include = None,
+    exclude: Include = None,
+    *,
+    kind: str | Kind = defaults.DEFAULT_KIND,
+    learnable: bool | Collection[str] = defaults.DEFAULT_LEARNABLE,
+    scale: str | float = defaults.DEFAULT_SCALE,
+    per_channel: bool = False,
+    overflow: str = defaults.DEFAULT_OVERFLOW,
+    **hyperparameters: float,
+) -> list[str]:
+    """Compand many tensors of a model at once (the one-line drop-in).
+
+    Args:
+        model: any ``nn.Module``.
+        include: what to compand: module types (their weights; ``nn.MultiheadAttention`` means
+            ``in_proj_weight``, RNNs their ``weight_*``), module names (``"fc"``) or tensor names
+            (``"fc.weight"``, wildcards allowed: ``"encoder.*.weight"``). Default: the
+            ``weight`` of every Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d.
+        exclude: the same kinds of entries, taken out of ``include``.
+        kind, learnable, scale, per_channel, overflow, **hyperparameters: as in ``compand``.
+
+    Returns:
+        the names of the companded tensors, e.g. ``["features.0.weight", "fc.weight"]``. A
+        tensor tied to others (one Parameter in several modules) is companded once, under its
+        first name, and all holders keep computing with the same ``f(v)``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"apply needs an nn.Module; got {type(model).__name__}.")
+    plans: list[_Plan] = []
+    seen: set[int] = set()
+    for target in select_targets(model, include, exclude):
+        tensor = _tensor(target)
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        holders = tied_holders(model, tensor) if isinstance(tensor, nn.Parameter) else []
+        tied = [h for h in holders if h.module is not target.module or h.tensor_name != target.tensor_name]
+        plans.append(_plan(target, tied, kind, learnable, scale, per_channel, overflow, hyperparameters))
+    started: list[tuple[_Plan, Tensor]] = []
+    try:
+        for plan in plans:
+            started.append((plan, _tensor(plan.target).detach().clone()))
+            _register(plan)
+    except Exception:
+        for plan, original in reversed(started):  # leave the model exactly as it was
+            _unregister(plan, original)
+        raise
+    return [plan.target.name for plan in plans]
+
+
+def remove(model: nn.Module, bake: bool = True) -> nn.Module:
+    """Take companding off every tensor of the model.
+
+    Args:
+        model: a model with companded tensors.
+        bake: ``True`` leaves ordinary Parameters holding ``f(v)`` (identical outputs, no
+            overhead; other parametrizations of the same tensor, such as ``weight_norm``, are
+            baked in too). ``False`` leaves the raw ``v`` (other parametrizations stay).
+
+    Returns:
+        the model, with the same Parameter objects (an optimizer holding them keeps working).
+
+    Raises:
+        ValueError: when nothing in the model is companded (as
+            ``torch.nn.utils.parametrize.remove_parametrizations`` does).
+    """
+    entries = companded_entries(model)
+    if not entries:
+        raise ValueError("nothing in this model is companded, so there is nothing to remove.")
+    # Second holders of tied tensors first: the first holder's bake then writes f(v) into the
+    # one Parameter they share.
+    for entry in sorted(entries, key=lambda e: not e.shared):
+        _drop(entry.module, entry.tensor_name, entry.index, bake=bake and not entry.shared)
+    return model
+
+
+# --- planning: all checks, no side effects ----------------------------------------------------
+
+
+def _tensor(target: Target) -> Tensor:
+    return getattr(target.module, target.tensor_name)
+
+
+def _plan(target, tied, kind, learnable, scale, per_channel, overflow, hyper) -> _Plan:
+    where = f"{target.name!r} ({type(target.module).__name__})"
+    if parametrize.is_parametrized(target.module, target.tensor_name) and any(
+        isinstance(p, Compander | SharedCompander) for p in target.module.parametrizations[target.tensor_name]
+    ):
+        raise ValueError(f"{where} is already companded; call wc.remove(model) first to re-compand it.")
+    with torch.no_grad():
+        w = _tensor(target).detach()
+    if not w.is_floating_point():
+        raise TypeError(f"{where} has dtype {w.dtype}; only floating-point tensors can be companded.")
+    if not torch.isfinite(w).all():
+        raise ValueError(f"{where} holds NaN or infinite values; fix the weights before companding.")
+    spec = get_kind(kind)
+    learned = _learned_names(spec, learnable)
+    if overflow not in OVERFLOW_POLICIES:
+        raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {overflow!r}.")
+    if not isinstance(per_channel, bool):
+        raise TypeError(f"per_channel must be True or False; got {per_channel!r}.")
+    if per_channel and w.dim() < 2:
+        raise ValueError(f"per_channel needs a tensor with output channels; {where} is {w.dim()}-D.")
+    values = _hyper_values(spec, hyper, learned)
+    s = _scale(w, scale, where)
+    shape = (w.shape[0],) + (1,) * (w.dim() - 1) if per_channel else ()
+    notice = None
+    if spec.bound is not None:
+        values[spec.bound], notice = _fit_bound(w, s, values[spec.bound], shape, overflow, where, spec)
+        spec.hyperparameters[spec.bound].check(spec.name, spec.bound, values[spec.bound].max().item(), False)
+    tensors = {
+        n: torch.as_tensor(v, dtype=w.dtype, device=w.device).expand(shape).clone() for n, v in values.items()
+    }
+    compander = Compander(spec.name, s, tensors, learned)
+    return _Plan(target, compander, tied or [], notice)
+
+
+def _learned_names(spec: Kind, learnable: bool | Collection[str]) -> tuple[str, ...]:
+    if isinstance(learnable, bool):
+        return tuple(spec.hyperparameters) if learnable else ()
+    if isinstance(learnable, str) or not isinstance(learnable, Collection):
+        raise TypeError(f"learnable must be True, False or a collection of names; got {learnable!r}.")
+    unknown = set(learnable) - set(spec.hyperparameters)
+    if unknown:
+        raise ValueError(
+            f"{spec.name} has no hyperparameter {', '.join(sorted(map(str, unknown)))} to learn; "
+            f"its hyperparameters are: {', '.join(spec.hyperparameters) or '(none)'}."
+        )
+    return tuple(n for n in spec.hyperparameters if n in learnable)
+
+
+def _hyper_values(spec: Kind, hyper: dict[str, float], learned: tuple[str, ...]) -> dict[str, Tensor]:
+    unknown = set(hyper) - set(spec.hyperparameters)
+    if unknown:
+        raise ValueError(
+            f"{spec.name} has no hyperparameter {', '.join(sorted(unknown))}; "
+            f"its hyperparameters are: {', '.join(spec.hyperparameters) or '(none)'}."
+        )
+    return {
+        n: torch.tensor(h.check(spec.name, n, hyper.get(n, h.default), n in learned), dtype=torch.float64)
+        for n, h in spec.hyperparameters.items()
+    }
+
+
+def _scale(w: Tensor, scale: str | float, where: str) -> Tensor:
+    if isinstance(scale, str):
+        if scale == "std":
+            s = w.float().std() if w.numel() > 1 else torch.tensor(0.0)
+        elif scale == "channel":
+            if w.dim() < 2:
+                raise ValueError(f"scale='channel' needs output channels; {where} is {w.dim()}-D.")
+            s = w.float().flatten(1).std(dim=1).view((-1,) + (1,) * (w.dim() - 1))
+        else:
+            raise ValueError(f"scale must be 'std', 'channel' or a positive number; got {scale!r}.")
+        zero = int((~(s > 0)).sum())
+        if zero:
+            raise ValueError(
+                f"{where} has zero standard deviation ({zero} of {s.numel()} scale values), so its "
+                f"scale cannot be taken from it; pass a number, e.g. scale=0.05."
+            )
+        return s.to(w.dtype)
+    if isinstance(scale, bool) or not isinstance(scale, int | float):
+        raise TypeError(f"scale must be 'std', 'channel' or a positive number; got {scale!r}.")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite positive number; got {scale}.")
+    return torch.tensor(float(scale), dtype=w.dtype, device=w.device)
+
+
+def _fit_bound(w, s, bound, shape, overflow, where, spec) -> tuple[Tensor, str | None]:
+    """Apply the overflow policy: values beyond (1 - margin) * bound cannot invert usefully."""
+    ratio = (w.double() / s.double()).abs()
+    peak = ratio.amax(dim=tuple(range(1, w.dim()))).view(shape) if shape else ratio.max()
+    usable = 1.0 - defaults.OVERFLOW_MARGIN
+    touched = int((ratio > usable * bound).sum())
+    if not touched:
+        return bound, None
+    what = f"{touched} of {w.numel()} values of {where} lie at or beyond the {spec.name} {spec.bound}"
+    if overflow == "error":
+        raise ValueError(
+            f"{what} ({bound.max().item():g}·s); pass a larger {spec.bound}=, overflow='expand' to "
+            f"raise it, or overflow='clip' to clip those values."
+        )
+    if overflow == "expand":
+        raised = torch.maximum(bound.expand(peak.shape), peak * (1 + 1e-6) / usable)
+        return (
+            raised,
+            f"{what} ({bound.max().item():g}·s); {spec.bound} raised to {raised.max().item():.4g}·s so they "
+            "invert exactly (overflow='clip' would clip them instead).",
+        )
+    return (
+        bound,
+        f"{what} ({bound.max().item():g}·s); clipped to {usable:g}·{spec.bound}·s, so outputs change "
+        "slightly (overflow='expand' would keep them).",
+    )
+
+
+# --- registration -----------------------------------------------------------------------------
+
+
+def _register(plan: _Plan) -> None:
+    module, name = plan.target.module, plan.target.tensor_name
+    plan.compander.parameter_order = tuple(module._parameters)  # restored by remove
+    stacked = parametrize.is_parametrized(module, name)
+    before = _tensor(plan.target).detach().clone() if stacked else None
+    parametrize.register_parametrization(module, name, plan.compander)
+    if stacked:
+        # torch only inverts the first parametrization of a tensor; on top of another one
+        # (e.g. weight_norm) we invert the whole chain ourselves so outputs stay the same.
+        with torch.no_grad():
+            module.parametrizations[name].right_inverse(before)
+    make_picklable(module)
+    for holder in plan.tied:
+        shared = SharedCompander(plan.compander)
+        shared.parameter_order = tuple(holder.module._parameters)
+        parametrize.register_parametrization(holder.module, holder.tensor_name, shared)
+        make_picklable(holder.module)
+    if plan.notice:
+        warnings.warn(plan.notice, CompanderWarning, stacklevel=3)
+
+
+def _unregister(plan: _Plan, original: Tensor) -> None:
+    """Undo a (possibly partial) registration and put the tensor's original values back."""
+    for target in [*plan.tied, plan.target]:
+        module, name = target.module, target.tensor_name
+        if parametrize.is_parametrized(module, name):
+            plist = module.parametrizations[name]
+            ours = [i for i, p in enumerate(plist) if isinstance(p, Compander | SharedCompander)]
+            if ours:
+                _drop(module, name, ours[-1], bake=False)
+    module, name = plan.target.module, plan.target.tensor_name
+    with torch.no_grad():
+        if parametrize.is_parametrized(module, name):
+            module.parametrizations[name].right_inverse(original)
+        else:
+            getattr(module, name).copy_(original)
+
+
+def _drop(module: nn.Module, name: str, index: int, bake: bool) -> None:
+    plist = module.parametrizations[name]
+    order = getattr(plist[index], "parameter_order", ())
+    if bake or len(plist) == 1:
+        parametrize.remove_parametrizations(module, name, leave_parametrized=bake)
+        # torch re-registers the tensor last; put it back in its place so parameters() (and
+        # any optimizer built from it) sees the order it saw before companding.
+        params = module._parameters
+        for key in [k for k in order if k in params] + [k for k in params if k not in order]:
+            params[key] = params.pop(key)
+    else:
+        del plist[index]  # keep the other parametrizations of this tensor

@@ -1,0 +1,24 @@
+"""Every default of the library, in one place.
+
+The compander defaults come from the project's benchmark study (see README, "Results");
+until that study chooses otherwise they are the DESIGN starting point: ``tanh`` with gain 2
+and limit 3, hyperparameters fixed.
+"""
+
+DEFAULT_KIND = "tanh"
+
+# Hyperparameter defaults per kind, in units of the tensor scale ``s``.
+TANH_GAIN = 2.0  # slope at zero: small weights are expanded by this factor
+TANH_LIMIT = 3.0  # |w| < limit * s; Kaiming-uniform init lies within sqrt(3) * s, so 3 inverts
+MULAW_MU = 8.0  # strength: slope at zero is mu / log1p(mu)
+MULAW_CROSSOVER = 3.0  # f(+-c * s) = +-c * s: weights beyond c * s are compressed
+
+DEFAULT_LEARNABLE = False  # fixed hyperparameters unless asked otherwise
+DEFAULT_SCALE = "std"  # s = std of the tensor when companding is applied
+DEFAULT_OVERFLOW = "expand"  # bounded kinds: raise the limit to cover weights beyond it
+
+# A weight is "near zero" when |w| < NEAR_ZERO * s (reported by ``stats``).
+NEAR_ZERO = 0.1
+# Bounded kinds treat |w| > (1 - OVERFLOW_MARGIN) * bound as touching the bound: such values
+# invert to very large raw values whose gradient is almost zero (a saturated, dead weight).
+OVERFLOW_MARGIN = 0.02
