@@ -9,11 +9,13 @@ things make it cheap:
   (AVX-512 here: 0.28 vs 2.3 ms per million floats). Values agree to float32 round-off
   (absolute error ~6e-8 * s*L), and ``f(0) = 0`` stays exact.
 * The backward uses the analytic derivative with ``p = sigmoid(2u)`` saved from the forward,
-  ``dw/dv = g * (1 - t^2) = 4g * p(1 - p)``, and each hyperparameter gradient is one dot
-  product per tensor (or per output channel):
+  ``dw/dv = g * (1 - t^2) = 4g * p(1 - p)``, and the two hyperparameter gradients share two
+  dot products per tensor (or per output channel):
 
       dLoss/dg = <dLoss/dv, v> / g
-      dLoss/dL = s * <dLoss/dw, t> - <dLoss/dv, v> / L,   <dLoss/dw, t> = 2<dLoss/dw, p> - sum(dLoss/dw)
+      dLoss/dL = (<dLoss/dw, w> - <dLoss/dv, v>) / L
+
+Saving ``w`` costs no memory: the layer that uses the weight keeps it for its own backward.
 """
 
 from __future__ import annotations
@@ -22,13 +24,11 @@ import torch
 from torch import Tensor
 
 
-def _inner(a: Tensor, b: Tensor | None, like: Tensor) -> Tensor:
-    """Sum of a * b (or of a, if b is None) over everything, or per output channel (dim 0)."""
+def _inner(a: Tensor, b: Tensor, like: Tensor) -> Tensor:
+    """Sum of a * b over everything (like is a scalar) or per output channel (dim 0)."""
     if like.dim() == 0:
-        return a.sum() if b is None else torch.dot(a.reshape(-1), b.reshape(-1))
+        return torch.dot(a.reshape(-1), b.reshape(-1))
     rows = a.shape[0]
-    if b is None:
-        return a.reshape(rows, -1).sum(1).view(like.shape)
     return torch.bmm(a.reshape(rows, 1, -1), b.reshape(rows, -1, 1)).view(like.shape)
 
 
@@ -37,12 +37,15 @@ class _FusedTanh(torch.autograd.Function):
     def forward(ctx, v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor) -> Tensor:
         bound = scale * limit
         p = torch.mul(v, 2 * gain / bound).sigmoid_()
-        ctx.save_for_backward(v, p, scale, gain, limit)
-        return torch.addcmul(-bound, p, 2 * bound)  # s*L*(2p - 1) = s*L*tanh(u)
+        w = torch.mul(p, 2 * bound).sub_(bound)  # s*L*(2p - 1) = s*L*tanh(u); 3x faster than addcmul
+        ctx.save_for_backward(v, p, w, gain, limit)
+        return w
 
     @staticmethod
     def backward(ctx, grad_w: Tensor):
-        v, p, scale, gain, limit = ctx.saved_tensors
+        v, p, w, gain, limit = ctx.saved_tensors
+        # dw/dv = 4g * p(1 - p); three light passes (an addcmul that broadcasts a 0-dim input
+        # would be one pass, but a 3x slower one)
         grad_v = torch.addcmul(p, p, p, value=-1.0).mul_(grad_w).mul_(4 * gain)
         grad_gain = grad_limit = None
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
@@ -50,12 +53,9 @@ class _FusedTanh(torch.autograd.Function):
             if ctx.needs_input_grad[2]:
                 grad_gain = grad_v_dot_v / gain
             if ctx.needs_input_grad[3]:
-                # s may be per output channel while L is per tensor: weight each channel by its s.
-                finest = scale if scale.dim() > limit.dim() else limit
-                grad_w_dot_t = scale * (2 * _inner(grad_w, p, finest) - _inner(grad_w, None, finest))
-                if grad_w_dot_t.dim() > limit.dim():
-                    grad_w_dot_t = grad_w_dot_t.sum()
-                grad_limit = grad_w_dot_t - grad_v_dot_v / limit
+                # dw/dL = s*t - g*v*(1 - t^2)/L = (w - v * dw/dv) / L, elementwise, whatever the
+                # shapes of s and L
+                grad_limit = (_inner(grad_w, w, limit) - grad_v_dot_v) / limit
         return grad_v, None, grad_gain, grad_limit
 
 

@@ -1,0 +1,1 @@
+"""Experiment harness: data, models, training, comparison and reports for weight compander."""

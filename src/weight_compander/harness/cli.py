@@ -1,0 +1,149 @@
+"""The ``weight-compander`` command: train, compare, report, demo.
+
+Each subcommand module exposes ``add_parser(subparsers)``, which registers its options
+and sets ``func`` (args -> exit code). The ``train`` flags are generated from the
+`TrainConfig` fields, so a new setting is a flag and a TOML key without touching this file.
+A bad setting, folder or data file prints one line and exits 2; a diverged run exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from weight_compander.harness import checkpoint, data
+from weight_compander.harness.config import ConfigError, TrainConfig, load_config, parse_value
+
+__all__ = ["add_config_flags", "build_parser", "config_from_args", "default_run_dir", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 run failed, 2 usage/config/data)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse's usage errors and --help
+        return exit_.code if isinstance(exit_.code, int) else 2
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    from weight_compander.harness.train import NonFiniteLossError
+
+    try:
+        return int(args.func(args) or 0)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (ConfigError, data.DataError, checkpoint.CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; continue a run with --resume", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from weight_compander.harness import compare, demo, report
+
+    parser = argparse.ArgumentParser(
+        prog="weight-compander",
+        description="Measure what weight compander does: train runs, compare variants x seeds, "
+        "report mean ± std and paired differences.",
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    add_train_parser(subparsers)
+    compare.add_parser(subparsers)
+    report.add_parser(subparsers)
+    demo.add_parser(subparsers)
+    return parser
+
+
+def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train",
+        help="train one run into a run folder",
+        description="Train one model; settings come from defaults, then --config, then flags.",
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file with TrainConfig keys")
+    p.add_argument(
+        "--out", metavar="RUN_DIR",
+        help="run folder (default: runs/<dataset>-<model>-<reparam>-seed<seed>)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--no-progress", action="store_true", help="plain lines instead of progress bars"
+    )
+    add_config_flags(p.add_argument_group("settings (override --config)"))
+    p.set_defaults(func=_train)
+    return p
+
+
+def add_config_flags(parser: Any) -> None:
+    """One ``--flag`` per TrainConfig field; unset flags stay out of the namespace."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_ = f"{f.metadata.get('help', '')} [default: {_show(default)}]"
+        if hints[f.name] is bool:
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS, help=help_,
+            )
+        else:
+            parser.add_argument(
+                flag, dest=f.name, type=_parser_for(f.name), default=argparse.SUPPRESS,
+                metavar=_metavar(hints[f.name]), help=help_,
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then ``--config FILE``, then the flags given on the command line."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def default_run_dir(cfg: TrainConfig, root: str | Path = "runs") -> Path:
+    return Path(root) / f"{cfg.dataset}-{cfg.model}-{cfg.reparam}-seed{cfg.seed}"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from weight_compander.harness.train import run
+
+    cfg = config_from_args(args)
+    out = Path(args.out) if args.out else default_run_dir(cfg)
+    run(cfg, out, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+def _parser_for(key: str) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            return parse_value(key, text)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = key
+    return parse
+
+
+def _metavar(tp: Any) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    names = {int: "INT", float: "FLOAT", str: "STR"}
+    if typing.get_origin(tp) is dict:
+        return "NAME=VALUE,..."
+    if any(typing.get_origin(a) is list for a in args):
+        return "default|NAME,..."
+    return names.get(args[0], "VALUE")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "{}"
+    return str(value)

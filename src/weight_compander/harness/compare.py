@@ -1,0 +1,357 @@
+"""`weight-compander compare CONFIG.toml`: named variants × seeds → run folders and a summary.
+
+A comparison TOML names the seeds, the baseline, the settings shared by all variants
+(`[defaults]`) and each variant's changes (`[variants.NAME]`)::
+
+    name = "demo"
+    seeds = [0, 1]
+    baseline = "base"
+    [defaults]
+    dataset = "fashion-mnist"
+    model = "cnn"
+    [variants.base]
+    [variants.wc-learn]
+    reparam = "wc"
+    wc_learnable = true
+
+Every variant runs with every seed, so differences to the baseline are paired (same data
+order and init). A run is complete iff its `final.json` exists: re-running skips complete
+runs and resumes any run that left a checkpoint, so an interrupted comparison continues
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import re
+import sys
+import time
+import tomllib
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, TrainConfig
+
+TOP_KEYS = ("name", "description", "seeds", "baseline", "defaults", "variants")
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class CompareError(ValueError):
+    """The comparison TOML (or an existing run folder) does not fit; the message says why."""
+
+
+@dataclass
+class Comparison:
+    """A validated comparison: one resolved TrainConfig per variant (seed set per run)."""
+
+    name: str
+    seeds: list[int]
+    baseline: str
+    variants: dict[str, TrainConfig]
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    source: str = "comparison"
+    description: str = ""
+
+    def config(self, variant: str, seed: int) -> TrainConfig:
+        return self.variants[variant].replace(seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved comparison, as written to compare.json."""
+        return {
+            "name": self.name, "description": self.description, "source": self.source,
+            "seeds": self.seeds, "baseline": self.baseline, "defaults": self.defaults,
+            "variants": {v: {"overrides": self.overrides.get(v, {}),
+                             "config": {k: x for k, x in c.to_dict().items() if k != "seed"}}
+                         for v, c in self.variants.items()},
+        }
+
+
+def comparison_from_dict(data: dict[str, Any], *, source: str = "comparison") -> Comparison:
+    """Check a parsed comparison TOML; every problem is a CompareError naming the key."""
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    if unknown:
+        raise CompareError(f"{source}: unknown key(s) {', '.join(unknown)}; valid top-level "
+                           f"keys: {', '.join(TOP_KEYS)} (training settings go in [defaults] "
+                           "or [variants.NAME])")
+    name = data.get("name", Path(source).stem)
+    if not isinstance(name, str) or not VARIANT_NAME.match(name):
+        raise CompareError(f"{source}: name must be a folder-safe string, got {name!r}")
+    seeds = data.get("seeds")
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise CompareError(f"{source}: seeds must be a non-empty list of integers >= 0, "
+                           f"e.g. seeds = [0, 1, 2]; got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise CompareError(f"{source}: seeds {seeds} repeat a seed; list each seed once")
+    defaults = data.get("defaults", {})
+    variants = data.get("variants")
+    if not isinstance(defaults, dict):
+        raise CompareError(f"{source}: [defaults] must be a table of training settings")
+    if not isinstance(variants, dict) or not variants:
+        raise CompareError(f"{source}: no variants; add at least one [variants.NAME] table "
+                           "(an empty table runs the defaults)")
+    for vname, overrides in variants.items():
+        if not VARIANT_NAME.match(vname):
+            raise CompareError(f"{source}: variant name {vname!r} must be folder-safe "
+                               "(letters, digits, _ . + -)")
+        if not isinstance(overrides, dict):
+            raise CompareError(f"{source}: variants.{vname} must be a table, got {overrides!r}")
+    fields = set(TrainConfig.__dataclass_fields__)
+    for where, table in [("[defaults]", defaults), *((f"[variants.{k}]", v)
+                                                     for k, v in variants.items())]:
+        unknown = sorted(set(table) - fields)
+        if unknown:
+            raise CompareError(f"{source} {where}: unknown key(s) {', '.join(unknown)}; valid "
+                               f"keys are the TrainConfig fields: {', '.join(sorted(fields))}")
+    baseline = data.get("baseline", next(iter(variants)))
+    if baseline not in variants:
+        raise CompareError(f"{source}: baseline {baseline!r} is not a variant; variants: "
+                           f"{', '.join(variants)}")
+    configs: dict[str, TrainConfig] = {}
+    for vname, overrides in variants.items():
+        settings = {**defaults, **overrides}
+        if "seed" in settings:
+            raise CompareError(f"{source}: 'seed' is set by the top-level seeds list; remove it "
+                               f"from {'[defaults]' if 'seed' in defaults else vname}")
+        try:
+            configs[vname] = TrainConfig.from_dict(settings, source=f"{source} [variants.{vname}]")
+        except ConfigError as err:
+            msg = str(err)
+            if not msg.startswith(source):
+                msg = f"{source} [variants.{vname}]: {msg}"
+            raise CompareError(msg) from None
+    return Comparison(name, list(seeds), baseline, configs, dict(variants), dict(defaults),
+                      source, str(data.get("description", "")))
+
+
+def load_comparison(path: str | Path) -> Comparison:
+    """Read and check a comparison TOML file."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise CompareError(f"comparison file {path} not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise CompareError(f"{path}: not valid TOML ({err})") from None
+    return comparison_from_dict(data, source=str(path))
+
+
+def run_dir_of(out: Path, variant: str, seed: int) -> Path:
+    return Path(out) / variant / f"seed{seed}"
+
+
+def _check_existing(comparison: Comparison, out: Path) -> None:
+    """Refuse to mix runs made with other settings into this comparison's folders."""
+    for variant in comparison.variants:
+        for seed in comparison.seeds:
+            path = run_dir_of(out, variant, seed) / "config.json"
+            if not path.exists():
+                continue
+            want = comparison.config(variant, seed).resolved()
+            try:
+                have = TrainConfig.from_json(path.read_text()).resolved()
+            except (ValueError, KeyError) as err:
+                raise CompareError(f"{path} cannot be read ({err}); delete {path.parent} to "
+                                   "re-run it") from None
+            changed = [k for k in have.diff(want) if k != "threads"]
+            if changed:
+                what = ", ".join(f"{k}: {getattr(have, k)!r} -> {getattr(want, k)!r}"
+                                 for k in changed)
+                raise CompareError(f"{path.parent} was made with other settings ({what}); "
+                                   "delete that folder to re-run it, or pass another --out")
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _init_worker(threads: int) -> None:
+    """Split the cores between parallel runs instead of letting each take all of them."""
+    import torch
+
+    from . import train  # noqa: F401  (imported here, so a run's time is the run's own)
+
+    torch.set_num_threads(threads)
+
+
+def _run_one(
+    config: TrainConfig, run_dir: str, resume: bool, progress: bool | str
+) -> dict[str, Any]:
+    """Train one run; never raises an ordinary exception, so one failure stops no other run."""
+    from . import train
+
+    start = time.perf_counter()
+    (Path(run_dir) / "error.log").unlink(missing_ok=True)  # from an earlier failed attempt
+    try:
+        final = train.run(config, Path(run_dir), resume=resume, progress=progress)
+    except Exception as err:
+        tb = traceback.format_exc()
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "error.log").write_text(tb)
+        return {"ok": False, "error": f"{type(err).__name__}: {err}",
+                "seconds": time.perf_counter() - start}
+    return {"ok": True, "test_acc": float(final["test_acc"]),
+            "seconds": time.perf_counter() - start}
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def run_comparison(
+    comparison: Comparison, out: str | Path, *, jobs: int = 1, progress: bool = True,
+    report: bool = True, log: Any = print,
+) -> dict[str, Any]:
+    """Run every missing (variant, seed), then write summary.json (and the report).
+
+    Returns the summary; its "failed" list names the runs that raised.
+    """
+    out = Path(out)
+    if jobs < 1:
+        raise CompareError(f"--jobs must be >= 1, got {jobs}")
+    _check_existing(comparison, out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(comparison.to_dict(), indent=2) + "\n")
+    # Seed-major order: an interrupted comparison has complete paired sets early.
+    every = [(v, s) for s in comparison.seeds for v in comparison.variants]
+    todo = [(v, s) for v, s in every if not (run_dir_of(out, v, s) / "final.json").exists()]
+    jobs = min(jobs, max(1, len(todo)))
+    log(f"compare {comparison.name}: {len(comparison.variants)} variants x "
+        f"{len(comparison.seeds)} seeds = {len(every)} runs; {len(every) - len(todo)} already "
+        f"finished, {len(todo)} to run ({jobs} at a time) in {out}")
+    start_wall, start_cpu = time.perf_counter(), os.times()
+    failed: list[dict[str, Any]] = []
+
+    def finished(i: int, variant: str, seed: int, result: dict[str, Any]) -> None:
+        head = f"[{i}/{len(todo)}] {variant} seed {seed}:"
+        if result["ok"]:
+            log(f"{head} test acc {100 * result['test_acc']:.2f}%  ({result['seconds']:.0f} s)")
+        else:
+            path = run_dir_of(out, variant, seed) / "error.log"
+            log(f"{head} FAILED after {result['seconds']:.0f} s: {result['error']} (see {path})")
+            failed.append({"variant": variant, "seed": seed, "error": result["error"]})
+
+    def job(variant: str, seed: int) -> tuple[TrainConfig, str, bool]:
+        # An existing folder was interrupted: resume continues from its checkpoint (or
+        # starts over if it stopped before the first one); its config was checked above.
+        run_dir = run_dir_of(out, variant, seed)
+        return comparison.config(variant, seed), str(run_dir), run_dir.exists()
+
+    if jobs == 1:
+        for i, (variant, seed) in enumerate(todo, 1):
+            result = _run_one(*job(variant, seed), progress if progress else "quiet")
+            finished(i, variant, seed, result)
+    elif todo:
+        ctx = multiprocessing.get_context("spawn")
+        threads = max(1, _cores() // jobs)
+        with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
+                                    initargs=(threads,)) as pool:
+            futures = {pool.submit(_run_one, *job(v, s), "quiet"): (v, s) for v, s in todo}
+            try:
+                for i, fut in enumerate(cf.as_completed(futures), 1):
+                    try:
+                        result = fut.result()
+                    except Exception as err:  # the worker process died (e.g. out of memory)
+                        result = {"ok": False, "error": f"worker died: {err!r}", "seconds": 0.0}
+                    finished(i, *futures[fut], result)
+            except KeyboardInterrupt:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    end_cpu = os.times()
+    cpu = sum(end_cpu[:4]) - sum(start_cpu[:4])
+    summary = write_summary(comparison, out, failed=failed, trained=len(todo),
+                            wall_time=time.perf_counter() - start_wall, cpu_time=cpu)
+    if report and summary["variants"]:
+        from .report import write_report
+
+        try:
+            log(f"report: {write_report(out)}")
+        except Exception as err:  # the runs are safe; say what broke and how to retry
+            log(f"report failed ({type(err).__name__}: {err}); retry with "
+                f"`weight-compander report {out}`")
+            summary["failed"].append({"variant": None, "seed": None, "error": f"report: {err}"})
+    return summary
+
+
+def write_summary(
+    comparison: Comparison, out: Path, *, failed: list[dict[str, Any]] | None = None,
+    wall_time: float = 0.0, cpu_time: float = 0.0, trained: int = 0,
+) -> dict[str, Any]:
+    """Write <out>/summary.json from the complete runs of this comparison's variants/seeds.
+
+    wall_time / cpu_time are totals over every `compare` invocation on this folder (each is
+    listed under "invocations"), so a comparison finished in several sessions still records
+    what it cost; runs_cpu_time is the training runs' own CPU time from their final.json.
+    """
+    from .report import find_runs, summarize
+
+    runs, _ = find_runs(out)
+    runs = [r for r in runs if r.variant in comparison.variants and r.seed in comparison.seeds]
+    done = {(r.variant, r.seed) for r in runs}
+    previous = out / "summary.json"
+    invocations = json.loads(previous.read_text()).get("invocations", []) if previous.exists() else []
+    invocations.append({"finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                        "runs_trained": trained, "wall_time": wall_time, "cpu_time": cpu_time})
+    summary = {
+        "name": comparison.name,
+        "seeds": comparison.seeds,
+        **summarize(runs, comparison.baseline),
+        "missing": [{"variant": v, "seed": s} for v in comparison.variants
+                    for s in comparison.seeds if (v, s) not in done],
+        "failed": failed or [],
+        "wall_time": sum(i["wall_time"] for i in invocations),  # seconds
+        "cpu_time": sum(i["cpu_time"] for i in invocations),  # incl. worker processes
+        "runs_wall_time": sum(float(r.final.get("wall_time") or 0.0) for r in runs),
+        "runs_cpu_time": sum(float(r.final.get("cpu_time") or 0.0) for r in runs),
+        "invocations": invocations,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        comparison = load_comparison(args.config)
+        out = args.out or Path("runs") / comparison.name
+        summary = run_comparison(comparison, out, jobs=args.jobs,
+                                 progress=not args.no_progress, report=not args.no_report)
+    except CompareError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if summary["variants"]:
+        from .report import find_runs, markdown_tables
+
+        runs = [r for r in find_runs(out)[0]
+                if r.variant in comparison.variants and r.seed in comparison.seeds]
+        print("\n" + markdown_tables(runs, comparison.baseline))
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} run(s) failed; fix the cause and re-run the same "
+              "command: finished runs are skipped")
+        return 1
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `compare CONFIG.toml [--out DIR] [--jobs N] [--no-progress] [--no-report]`."""
+    p = subparsers.add_parser(
+        "compare", help="run named variants x seeds (skips finished runs) and summarize",
+        description="Run every variant of CONFIG.toml with every seed; finished runs are "
+                    "skipped and interrupted ones resumed, so re-running continues.")
+    p.add_argument("config", type=Path, help="comparison TOML (seeds, baseline, [defaults], "
+                   "[variants.NAME])")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/<name>)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs in parallel processes (each gets cores/N torch threads)")
+    p.add_argument("--no-progress", action="store_true", help="no per-epoch progress")
+    p.add_argument("--no-report", action="store_true", help="skip report.md and figures")
+    p.set_defaults(func=_main)

@@ -1,0 +1,287 @@
+"""One training run's settings: every default in one place, checked by name and type.
+
+A `TrainConfig` comes from Python, a TOML file (`tomllib`), command-line flags, or a
+run folder's ``config.json``; each path goes through the same checks, so an unknown
+key or a wrong type is an error that names the key instead of a silent fallback.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_VAL_SIZE",
+    "ConfigError",
+    "TrainConfig",
+    "load_config",
+    "parse_value",
+]
+
+# Validation images carved from the training set when `val_size` is None: a tenth of the
+# training set at most, so the small sets keep enough to train on.
+DEFAULT_VAL_SIZE: dict[str, int] = {
+    "fashion-mnist": 5000,
+    "mnist": 5000,
+    "cifar10": 5000,
+    "cifar100": 5000,
+    "mnist1d": 500,
+    "digits": 300,
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": tuple(DEFAULT_VAL_SIZE),
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("cosine", "onecycle", "constant"),
+    "reparam": ("none", "wc", "weight_norm", "weight_std"),
+}
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, has the wrong type or is out of range; the message names it."""
+
+
+def _field(default: Any, help: str) -> Any:
+    """A field with an immutable default and its help text (``weight-compander train --help``)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of one training run (TOML keys and ``--flags`` are these field names)."""
+
+    # -- data --
+    dataset: str = _field("digits", "fashion-mnist | mnist | mnist1d | digits | cifar10 | cifar100")
+    data_dir: str | None = _field(None, "folder with the data files (None: the dataset's default)")
+    train_subset: int | None = _field(None, "train on only this many images (small-data regime)")
+    val_size: int | None = _field(
+        None, "validation images carved from the training set (None: 300 for digits, 500 for "
+        "mnist1d, 5000 for the others)"
+    )
+    # -- model --
+    model: str = _field("mlp", "mlp | cnn | resnet20 | wrn16-4 | cnn1d")
+    dropout: float = _field(0.0, "dropout probability in the model's head")
+    # -- optimization --
+    epochs: int = _field(10, "passes over the training set")
+    batch_size: int = _field(128, "training batch size")
+    optimizer: str = _field("sgd", "sgd (SGD with Nesterov momentum) | adamw")
+    lr: float = _field(0.05, "peak learning rate")
+    momentum: float = _field(0.9, "SGD momentum (AdamW: beta1)")
+    schedule: str = _field("cosine", "per-step learning-rate schedule: cosine|onecycle|constant")
+    weight_decay: float = _field(5e-4, "decay of weights with dim >= 2 (not biases/norms/WC hyper)")
+    label_smoothing: float = _field(0.0, "label smoothing of the training loss")
+    augment: bool = _field(False, "batched data augmentation (crop/flip, shift for 1-D)")
+    mixup_alpha: float = _field(0.0, "mixup Beta(alpha, alpha); 0 turns mixup off")
+    # -- reparameterization (one per run) --
+    reparam: str = _field("none", "none | wc | weight_norm | weight_std")
+    wc_kind: str = _field("tanh", "compander kind (tanh | mulaw | identity | registered)")
+    wc_learnable: bool = _field(False, "learn the compander hyperparameters")
+    wc_hyper: dict[str, float] = field(
+        default_factory=dict, metadata={"help": "compander hyperparameters, e.g. gain=2,limit=3"}
+    )
+    wc_layers: str | list[str] = field(
+        default="default",
+        metadata={"help": "'default' (Linear/Conv weights) or comma-separated tensor/module names"},
+    )
+    wc_per_channel: bool = _field(False, "one set of hyperparameters per output channel")
+    wc_hyper_lr: float | None = _field(None, "learning rate of WC hyperparameters (None: lr)")
+    # -- run --
+    seed: int = _field(0, "seed of init, data order, augmentation and dropout")
+    threads: int | None = _field(None, "torch CPU threads (None: torch's default)")
+    eval_batch_size: int = _field(1024, "batch size for validation and test")
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _check_type(f.name, getattr(self, f.name), hints[f.name]))
+        _check_values(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
+        """Build from plain data; unknown keys are an error naming them and `source`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key(s) {', '.join(unknown)}; "
+                f"valid keys: {', '.join(sorted(names))}"
+            )
+        return cls(**copy.deepcopy(dict(data)))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        """Inverse of `to_json`; a ``meta`` entry (run-folder config.json) is ignored."""
+        data = json.loads(text)
+        data.pop("meta", None)
+        return cls.from_dict(data, source="config.json")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-able copy of every field."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A checked copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def resolved(self) -> TrainConfig:
+        """The config with every "None means default" filled in, as a run records it."""
+        if self.val_size is None:
+            return self.replace(val_size=DEFAULT_VAL_SIZE[self.dataset])
+        return self
+
+    def diff(self, other: TrainConfig) -> list[str]:
+        """Names of the fields whose values differ from `other`."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if a[k] != b[k]]
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> TrainConfig:
+    """Defaults, then the TOML file's keys, then `overrides` (command-line flags win)."""
+    data: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    data.update(overrides or {})
+    return TrainConfig.from_dict(data, source=source)
+
+
+# ---------------------------------------------------------------- type checks
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "None"
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is not None:
+        return str(tp).replace("typing.", "")
+    return tp.__name__
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    """`value` converted to `tp` (int -> float only), or a ConfigError naming `key`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    ok, out = True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _check_type(key, value, arg)
+            except ConfigError:
+                pass
+        ok = False
+    elif tp is type(None):
+        ok = value is None
+    elif tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        out = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    elif origin is dict:
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        if ok:
+            out = {k: _check_type(f"{key}.{k}", v, args[1]) for k, v in value.items()}
+    elif origin is list:
+        ok = isinstance(value, list)
+        if ok:
+            out = [_check_type(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    else:  # pragma: no cover - a new field type needs a branch here
+        raise TypeError(f"no type check for {key}: {tp}")
+    if not ok:
+        raise ConfigError(
+            f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+        )
+    return out
+
+
+def _check_values(c: TrainConfig) -> None:
+    """Ranges and choices; each message names the key and says what is allowed."""
+    for key, choices in CHOICES.items():
+        if getattr(c, key) not in choices:
+            raise ConfigError(f"{key}: {getattr(c, key)!r} is not one of {', '.join(choices)}")
+    for key in ("epochs", "batch_size", "eval_batch_size", "train_subset", "val_size", "threads"):
+        value = getattr(c, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if c.seed < 0:
+        raise ConfigError(f"seed: must be >= 0, got {c.seed}")
+    for key in ("lr", "wc_hyper_lr"):
+        value = getattr(c, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{key}: must be > 0, got {value}")
+    for key in ("weight_decay", "mixup_alpha"):
+        if not getattr(c, key) >= 0:
+            raise ConfigError(f"{key}: must be >= 0, got {getattr(c, key)}")
+    for key in ("dropout", "label_smoothing", "momentum"):
+        if not 0 <= getattr(c, key) < 1:
+            raise ConfigError(f"{key}: must be in [0, 1), got {getattr(c, key)}")
+    if isinstance(c.wc_layers, str) and c.wc_layers != "default":
+        raise ConfigError(
+            f"wc_layers: {c.wc_layers!r} must be 'default' or a list of tensor/module names"
+        )
+    if isinstance(c.wc_layers, list) and not c.wc_layers:
+        raise ConfigError("wc_layers: the list is empty; use 'default' or name the layers")
+
+
+# ---------------------------------------------------------------- command-line values
+
+
+def parse_value(key: str, text: str) -> Any:
+    """Parse one ``--flag`` value for field `key` (the type check follows in TrainConfig).
+
+    None: ``none``/``null``; wc_hyper: ``gain=2,limit=3``; wc_layers: ``default`` or
+    ``fc1.weight,fc2``.
+    """
+    tp = typing.get_type_hints(TrainConfig)[key]
+    args = typing.get_args(tp)
+    if type(None) in args and text.lower() in ("none", "null"):
+        return None
+    if key == "wc_layers":
+        return text if text == "default" else [s.strip() for s in text.split(",") if s.strip()]
+    if key == "wc_hyper":
+        out: dict[str, float] = {}
+        for item in filter(None, (s.strip() for s in text.split(","))):
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"wc_hyper: {item!r} is not NAME=VALUE (e.g. gain=2,limit=3)")
+            out[name.strip()] = _number(key, value)
+        return out
+    base = next((a for a in args if a is not type(None)), tp)
+    if base is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {text!r}") from None
+    if base is float:
+        return _number(key, text)
+    return text
+
+
+def _number(key: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a number, got {text!r}") from None

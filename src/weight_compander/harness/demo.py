@@ -1,0 +1,117 @@
+"""`weight-compander demo`: the main job — baseline vs weight compander, in minutes on a CPU.
+
+It is a `compare` of a built-in comparison (configs/demo.toml: Fashion-MNIST; or
+configs/demo-digits.toml when Fashion-MNIST is not installed), followed by the report. The
+same numbers come from ``weight-compander compare configs/demo.toml``, which writes to the
+same folder, so finished runs are shared and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .compare import CompareError, comparison_from_dict, run_comparison
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"  # the repository's configs/ folder
+IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+GET_FASHION = "sudo apt-get install dataset-fashion-mnist"
+
+
+def fashion_mnist_present(folder: Path | None = None) -> bool:
+    """True if the four Fashion-MNIST IDX files (gzipped or raw) are in `folder`."""
+    folder = folder or _fashion_dir()
+    return all((folder / s).exists() or (folder / f"{s}.gz").exists() for s in IDX_STEMS)
+
+
+def _fashion_dir() -> Path:
+    from .data import FASHION_MNIST_DIR  # imports torch: only when needed
+
+    return FASHION_MNIST_DIR
+
+
+def demo_config(
+    *, quick: bool = False, config: Path | None = None
+) -> tuple[dict[str, Any], Path, str]:
+    """The comparison the demo runs: parsed TOML, its path, and a line saying which data.
+
+    `quick` (for tests): the digits comparison cut to one epoch.
+    """
+    if config is None:
+        use_fashion = fashion_mnist_present() and not quick
+        config = CONFIGS / ("demo.toml" if use_fashion else "demo-digits.toml")
+        if use_fashion:
+            note = f"data: Fashion-MNIST from {_fashion_dir()}"
+        elif quick:
+            note = "data: scikit-learn digits (--quick: 1 epoch, for tests)"
+        else:
+            note = (f"data: scikit-learn digits, because Fashion-MNIST is not in "
+                    f"{_fashion_dir()}; for the real demo run `{GET_FASHION}` and re-run "
+                    "`weight-compander demo`")
+    else:
+        note = f"comparison: {config}"
+    try:
+        with open(config, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise CompareError(f"demo comparison {config} not found; run the demo from a clone of "
+                           "the repository (it reads configs/), or pass --config") from None
+    if quick:
+        data["name"] = f"{data.get('name', 'demo')}-quick"
+        data["defaults"] = {**data.get("defaults", {}), "epochs": 1}
+    return data, config, note
+
+
+def run_demo(
+    *, out: Path | None = None, jobs: int = 2, quick: bool = False, config: Path | None = None,
+    log: Any = print,
+) -> int:
+    """Run the demo comparison and its report, print the table; return an exit code."""
+    from .report import find_runs, markdown_tables
+
+    data, source, note = demo_config(quick=quick, config=config)
+    comparison = comparison_from_dict(data, source=str(source))
+    out = Path(out) if out is not None else Path("runs") / comparison.name
+    log(note)
+    if not quick:  # --quick changes the TOML's epochs, so only the full demo is re-runnable so
+        shown = source.relative_to(Path.cwd()) if source.is_relative_to(Path.cwd()) else source
+        log(f"the same runs: weight-compander compare {shown} --jobs {jobs} --out {out}")
+    start = time.perf_counter()
+    summary = run_comparison(comparison, out, jobs=jobs, progress=False, log=log)
+    runs, _ = find_runs(out)
+    keep = [r for r in runs if r.variant in comparison.variants and r.seed in comparison.seeds]
+    if keep:
+        log("")
+        log(markdown_tables(keep, comparison.baseline))
+    log(f"demo took {time.perf_counter() - start:.0f} s; the runs used "
+        f"{summary['runs_cpu_time']:.0f} s of CPU time; report with figures: {out / 'report.md'}")
+    return 1 if summary["failed"] else 0
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        return run_demo(out=args.out, jobs=args.jobs, quick=args.quick, config=args.config)
+    except CompareError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `demo [--out DIR] [--jobs N] [--quick] [--config TOML]`."""
+    p = subparsers.add_parser(
+        "demo", help="the main job: baseline vs WC (fixed, learnable) on Fashion-MNIST",
+        description="Compare standard regularization with and without weight compander "
+                    "(fixed and learnable) on a Fashion-MNIST subset, 2 seeds, and print "
+                    "the table. Falls back to scikit-learn digits without Fashion-MNIST.")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/<name in the TOML>: "
+                   "runs/demo, or runs/demo-digits(-quick))")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (default: 2)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny check that everything works: digits, 1 epoch")
+    p.add_argument("--config", type=Path, help="run another comparison TOML instead")
+    p.set_defaults(func=_main)

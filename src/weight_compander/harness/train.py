@@ -1,0 +1,398 @@
+"""One training run, flat and readable top to bottom: data, model, optimizer, loop, test.
+
+A run folder holds ``config.json`` (every resolved setting + meta), ``metrics.jsonl`` (one
+line per epoch), ``checkpoint.pt`` (+ ``checkpoint-prev.pt``) and, once the run is
+complete, ``final.json`` with the test metrics, measured once after the last epoch.
+Every random draw comes from a seeded generator whose state is checkpointed, so a resumed
+run ends with exactly the metrics of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+import weight_compander as wc
+from weight_compander.harness import augment, checkpoint, data, models, peers
+from weight_compander.harness.config import ConfigError, TrainConfig
+from weight_compander.harness.progress import Progress
+
+__all__ = ["NonFiniteLossError", "RunFolderError", "build_model", "evaluate", "load_model", "run"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+    def __init__(self, epoch: int, step: int, value: float) -> None:
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(
+            f"non-finite training loss ({value}) at epoch {epoch}, step {step}; the checkpoint "
+            "of the last completed epoch is kept. Lower the learning rate (lr) or check the "
+            "data and reparameterization settings."
+        )
+
+
+class RunFolderError(ConfigError):
+    """The run folder holds another run, or none to resume; the message says what to do."""
+
+
+def run(
+    config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool | str = True
+) -> dict[str, Any]:
+    """Train one model as `config` says, write the run folder, return the final metrics.
+
+    Args:
+        config: the settings; ``None`` defaults (e.g. val_size) are resolved and recorded.
+        run_dir: the run folder (created). A folder that already holds a run is refused
+            unless `resume` is set.
+        resume: continue from the folder's latest checkpoint (a complete run just returns
+            its final.json); the folder's config must equal `config`.
+        progress: True: bars on a terminal, plain lines elsewhere; False: plain lines;
+            "quiet": no output.
+
+    Raises:
+        ConfigError / RunFolderError / data.DataError: bad settings, folder or data.
+        NonFiniteLossError: the loss became NaN/inf (naming epoch and step).
+    """
+    cfg, run_dir, out = config.resolved(), Path(run_dir), Progress(progress)
+    state, done = _open_run_dir(cfg, run_dir, resume)
+    if done is not None:
+        out.line(f"{run_dir} is complete; final metrics from {run_dir / 'final.json'}")
+        return done
+    rank, world = _rank_world()  # (0, 1) until DDP (issue 5): shard batches, reduce metrics
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)  # init and dropout; data order and augmentation have their own
+    order_gen = torch.Generator().manual_seed(_derived_seed(cfg.seed, "order"))
+    aug_gen = torch.Generator().manual_seed(_derived_seed(cfg.seed, "augment"))
+
+    # -- data: tensors in memory, batches sliced from a seeded permutation --
+    try:
+        ds = data.load_dataset(
+            cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, train_subset=cfg.train_subset
+        )
+    except data.DataError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"data: {err}") from err
+    x_train, y_train = ds.train_x, ds.train_y
+    n = len(y_train)
+    bs = min(cfg.batch_size, n)
+    steps = n // bs  # the remainder is dropped; the permutation changes every epoch
+    shape = {"in_channels": ds.in_channels, "input_size": list(x_train.shape[2:]),
+             "num_classes": ds.num_classes}  # input_size (H, W) or (L,): plain data for JSON
+
+    # -- model, reparameterization, optimizer, per-step schedule --
+    model, companded = build_model(cfg, shape)
+    groups = wc.param_groups(model, cfg.weight_decay, hyper_lr=cfg.wc_hyper_lr)
+    if cfg.optimizer == "sgd":
+        nesterov = cfg.momentum > 0  # torch refuses Nesterov without momentum
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
+    else:
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    total = cfg.epochs * steps
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    elif cfg.schedule == "onecycle":
+        max_lr = [g["lr"] for g in opt.param_groups]
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total)
+    else:
+        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+    start, step, history = 0, 0, []
+    clock = {"train": 0.0, "wall": 0.0, "cpu": 0.0, "images": 0}
+    if state is not None:  # resume: every tensor and generator exactly as it was saved
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        order_gen.set_state(state["rng"]["order"])
+        aug_gen.set_state(state["rng"]["augment"])
+        start, step = state["epoch"], state["step"]
+        history, clock = json.loads(state["history"]), json.loads(state["clock"])
+    if rank == 0:
+        if state is None:
+            meta = _meta(shape, ds, companded)
+            _write_json(run_dir / "config.json", {**cfg.to_dict(), "meta": meta})
+        _write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    out.line(
+        f"{'resume' if state else 'train'} {cfg.dataset}/{cfg.model} reparam={cfg.reparam} "
+        f"seed={cfg.seed}: {n} train / {len(ds.val_y)} val / {len(ds.test_y)} test, "
+        f"{steps} steps/epoch x {cfg.epochs} epochs -> {run_dir}"
+    )
+
+    # -- training loop: train an epoch, validate, log, checkpoint --
+    augmenting, mixing = cfg.augment, cfg.mixup_alpha > 0
+    for epoch in range(start + 1, cfg.epochs + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
+        model.train()
+        perm = torch.randperm(n, generator=order_gen)
+        losses, preds = [], []  # tensors per step, no sync; a NaN is traced to its step later
+        lr = opt.param_groups[0]["lr"]  # logged: the rate at the epoch's first step
+        bar = out.bar(epoch, cfg.epochs, steps)
+        for i in range(steps):
+            idx = perm[i * bs + rank:(i + 1) * bs:world]  # this rank's share of the batch
+            x, y = x_train[idx], y_train[idx]
+            if augmenting:
+                x = augment.augment_batch(x, ds.augment_policy, aug_gen)
+            if mixing:
+                lam = _beta(cfg.mixup_alpha, aug_gen)
+                partner = torch.randperm(len(y), generator=aug_gen)
+                x = lam * x + (1 - lam) * x[partner]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if mixing:
+                loss = lam * loss + (1 - lam) * F.cross_entropy(
+                    logits, y[partner], label_smoothing=cfg.label_smoothing
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.detach())
+            preds.append(logits.argmax(1))
+            bar.update(1)
+        bar.close()
+        clock["train"] += time.perf_counter() - t0
+        clock["images"] += steps * bs
+        losses = torch.stack(losses)
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            k = int(bad[0, 0])
+            raise NonFiniteLossError(epoch, step + k + 1, float(losses[k]))
+        step += steps
+        seen = perm[: steps * bs].view(steps, bs)[:, rank::world].reshape(-1)
+        correct = (torch.cat(preds) == y_train[seen]).sum()  # with mixup: the first label
+        train_loss, train_acc = _reduce_mean(losses.sum(), correct, steps, steps * bs)
+        val_loss, val_acc = evaluate(model, ds.val_x, ds.val_y, cfg.eval_batch_size)
+        clock["wall"] += time.perf_counter() - t0
+        clock["cpu"] += time.process_time() - c0
+        record = {
+            "epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc,
+            "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
+            "wc": _wc_hyper(model) if cfg.reparam == "wc" else {},
+            "time": time.perf_counter() - t0,
+        }
+        history.append(record)
+        if rank == 0:
+            with open(run_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            checkpoint.save({
+                "format": 1, "epoch": epoch, "step": step, "config": cfg.to_json(),
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "order": order_gen.get_state(),
+                        "augment": aug_gen.get_state()},
+                "shape": shape, "history": json.dumps(history), "clock": json.dumps(clock),
+            }, run_dir)
+        out.row(record)
+
+    # -- test: once, after the last epoch --
+    t0, c0 = time.perf_counter(), time.process_time()
+    test_loss, test_acc = evaluate(model, ds.test_x, ds.test_y, cfg.eval_batch_size)
+    last = history[-1]
+    final = {
+        "test_acc": test_acc, "test_loss": test_loss,
+        "val_acc": last["val_acc"], "val_loss": last["val_loss"],
+        "train_acc": last["train_acc"], "train_loss": last["train_loss"],
+        "epochs": cfg.epochs, "steps": step, "seed": cfg.seed,
+        "wall_time": clock["wall"] + time.perf_counter() - t0,
+        "cpu_time": clock["cpu"] + time.process_time() - c0,
+        "images_per_second": clock["images"] / max(clock["train"], 1e-9),
+    }
+    if rank == 0:
+        _write_json(run_dir / "final.json", final)
+    out.line(
+        f"test_acc {test_acc:.4f}  test_loss {test_loss:.4f}  ({final['wall_time']:.1f} s, "
+        f"{final['images_per_second']:.0f} images/s) -> {run_dir / 'final.json'}"
+    )
+    return final
+
+
+def build_model(cfg: TrainConfig, shape: dict[str, Any]) -> tuple[nn.Module, list[str]]:
+    """The config's model with its reparameterization; returns it and the tensors it touched."""
+    try:
+        model = models.build_model(cfg.model, dropout=cfg.dropout, **shape)
+        if cfg.reparam == "wc":
+            include = None if cfg.wc_layers == "default" else cfg.wc_layers
+            names = wc.apply(
+                model, include, kind=cfg.wc_kind, learnable=cfg.wc_learnable,
+                per_channel=cfg.wc_per_channel, **cfg.wc_hyper,
+            )
+        elif cfg.reparam in ("weight_norm", "weight_std"):
+            names = peers.apply_peer(model, cfg.reparam)
+        else:
+            names = []
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"model/reparam settings: {err}") from err
+    return model, names
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy (no label smoothing) and accuracy on (x, y), in eval mode."""
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.long)
+    with parametrize.cached():  # reparameterized weights are computed once, not per batch
+        for i in range(0, len(y), batch_size):
+            logits = model(x[i:i + batch_size])
+            loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").double()
+            correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
+    return _reduce_mean(loss, correct, len(y), len(y))
+
+
+def load_model(run_dir: str | Path) -> nn.Module:
+    """Rebuild a run's latest model: config -> model -> reparameterization -> weights (eval mode).
+
+    For reports: the effective weights (``wc.weights``) are exactly those the run trained.
+    """
+    run_dir = Path(run_dir)
+    state = checkpoint.load_latest(run_dir)
+    if state is None:
+        raise checkpoint.CheckpointError(f"{run_dir} has no checkpoint; was the run started?")
+    cfg = TrainConfig.from_json(state["config"])
+    torch.manual_seed(cfg.seed)
+    model, _ = build_model(cfg, state["shape"])
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _open_run_dir(
+    cfg: TrainConfig, run_dir: Path, resume: bool
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Check the folder against `resume`; return (checkpoint or None, final.json or None)."""
+    config_path = run_dir / "config.json"
+    if not resume:
+        if config_path.exists():
+            raise RunFolderError(
+                f"{run_dir} already holds a run; pass --resume to continue it, or choose "
+                "another --out (or delete the folder)"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return None, None
+    state = checkpoint.load_latest(run_dir) if run_dir.is_dir() else None
+    if config_path.exists():
+        saved = TrainConfig.from_json(config_path.read_text())
+    elif state is not None:
+        saved = TrainConfig.from_json(state["config"])
+    else:  # nothing written yet: resuming is starting
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return None, None
+    differ = [k for k in saved.resolved().diff(cfg) if k != "threads"]  # threads: machine only
+    if differ:
+        detail = ", ".join(f"{k} ({getattr(saved, k)!r} there, {getattr(cfg, k)!r} now)"
+                           for k in differ)
+        raise RunFolderError(
+            f"cannot resume {run_dir}: its config differs in {detail}; use the same settings "
+            "or another --out"
+        )
+    if (run_dir / "final.json").exists():
+        return state, json.loads((run_dir / "final.json").read_text())
+    return state, None
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _reduce_mean(
+    total: Tensor, correct: Tensor, n_total: int, n_correct: int
+) -> tuple[float, float]:
+    """(total / n_total, correct / n_correct) as floats; summed over ranks under DDP."""
+    if _rank_world()[1] > 1:
+        both = torch.stack([total.double(), correct.double()])
+        torch.distributed.all_reduce(both)
+        total, correct = both[0], both[1]
+    return float(total) / n_total, float(correct) / n_correct
+
+
+def _derived_seed(seed: int, name: str) -> int:
+    """An independent seed per random stream, so streams never share a sequence."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1
+
+
+def _beta(alpha: float, gen: torch.Generator) -> float:
+    """A Beta(alpha, alpha) draw from `gen` (Jöhnk's method): torch.distributions takes no
+    generator, and every random draw must come from a checkpointed one."""
+    while True:
+        u = torch.rand(2, 64, generator=gen, dtype=torch.float64).pow(1 / alpha)
+        s = u.sum(0)
+        ok = ((s <= 1) & (s > 0)).nonzero()
+        if len(ok):
+            k = int(ok[0, 0])
+            return float(u[0, k] / s[k])
+
+
+def _wc_hyper(model: nn.Module) -> dict[str, dict[str, float]]:
+    return {row["name"]: row["hyperparameters"] for row in wc.stats(model)}
+
+
+def _meta(shape: dict[str, Any], ds: data.Dataset, companded: list[str]) -> dict[str, Any]:
+    try:
+        from importlib.metadata import version
+
+        pkg_version = version("weight-compander")
+    except Exception:
+        pkg_version = getattr(wc, "__version__", None)
+    return {
+        "version": pkg_version,
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.platform()} ({platform.machine()}, {os.cpu_count()} CPUs, "
+                   f"{torch.get_num_threads()} torch threads)",
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "argv": sys.argv,
+        "data": {"source": ds.source, "train": len(ds.train_y), "val": len(ds.val_y),
+                 "test": len(ds.test_y), **shape},
+        "reparameterized": companded,
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() if res.returncode == 0 and res.stdout.strip() else None
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Atomic write: readers see the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write_text(path, json.dumps(obj, indent=2) + "\n")
