@@ -13,6 +13,7 @@ bounds weight magnitude and pushes weights away from zero. One line puts it on a
 from importlib.metadata import PackageNotFoundError, version
 
 from .api import apply, compand, remove
+from .bilevel import hyper_step
 from .exceptions import CompanderWarning
 from .functions import Hyperparameter, Kind, get_kind, kinds, register_kind
 from .optim import hyperparameters, named_hyperparameters, param_groups
@@ -35,6 +36,7 @@ __all__ = [
     "compand",
     "format_stats",
     "get_kind",
+    "hyper_step",
     "hyperparameters",
     "kinds",
     "named_hyperparameters",

@@ -38,6 +38,7 @@ def param_groups(
     weight_decay: float,
     hyper_lr: float | None = None,
     hyper_weight_decay: float = 0.0,
+    with_hyperparameters: bool = True,
 ) -> list[dict]:
     """Optimizer parameter groups: decay on weights, none on biases, norms and hyperparameters.
 
@@ -50,6 +51,8 @@ def param_groups(
         weight_decay: decay of weight tensors (``dim() >= 2``, raw ``v`` of companded ones).
         hyper_lr: learning rate of the hyperparameters; ``None`` uses the optimizer's.
         hyper_weight_decay: decay of the hyperparameters. Default: 0.
+        with_hyperparameters: ``False`` leaves the hyperparameters out (they then learn on
+            validation batches with ``wc.hyper_step`` and an optimizer of their own).
 
     Returns:
         a list of groups named ``"decay"``, ``"no_decay"`` and ``"wc_hyper"``; empty ones are
@@ -68,7 +71,8 @@ def param_groups(
         if not p.requires_grad:
             continue
         if id(p) in hyper_ids:
-            hyper.append(p)
+            if with_hyperparameters:
+                hyper.append(p)
         elif p.dim() >= 2:
             decay.append(p)
         else:
