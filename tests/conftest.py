@@ -1,48 +1,10 @@
-"""Shared test models and helpers."""
+"""Fixtures of the library tests."""
 
 import pytest
 import torch
 from torch import nn
 
-
-def small_cnn() -> nn.Module:
-    """A float32 CNN with every default-companded layer type and a BatchNorm (left alone)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.ConvTranspose2d(16, 8, 2, stride=2), nn.ReLU(),
-        nn.Flatten(), nn.Linear(8 * 12 * 12, 32), nn.ReLU(), nn.Linear(32, 10),
-    )  # fmt: skip
-
-
-def pretrained_like(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Give a model heavy-tailed weights, as training leaves them (Student-t, 3 dof)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            t = (
-                torch.distributions.StudentT(3.0).sample(p.shape)
-                if p.dim() > 1
-                else torch.randn(p.shape, generator=g)
-            )
-            p.copy_(t * (p.std() if p.numel() > 1 else 1.0))
-    return model
-
-
-def snapshot(model: nn.Module) -> tuple:
-    """Everything a failed call must leave as it was: classes, tensors and their identities."""
-    return (
-        [type(m) for m in model.modules()],
-        {k: v.clone() for k, v in model.state_dict().items()},
-        [id(p) for p in model.parameters()],
-    )
-
-
-def assert_same(a: tuple, b: tuple) -> None:
-    assert a[0] == b[0] and a[2] == b[2]
-    assert a[1].keys() == b[1].keys()
-    for k in a[1]:
-        assert torch.equal(a[1][k], b[1][k]), k
+from support import small_cnn
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import weight_compander as wc
-from conftest import assert_same, pretrained_like, small_cnn, snapshot
+from support import assert_same, pretrained_like, small_cnn, snapshot
 
 DEFAULT_NAMES = ["0.weight", "3.weight", "5.weight", "8.weight", "10.weight"]
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import weight_compander as wc
-from conftest import small_cnn
+from support import small_cnn
 
 
 def setup(learnable=True):

@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 import weight_compander as wc
-from conftest import pretrained_like, small_cnn
+from support import pretrained_like, small_cnn
 
 
 def train_steps(model, x, y, steps=3, lr=0.1):

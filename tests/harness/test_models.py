@@ -25,16 +25,6 @@ PARAMS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP threads that
-    wait for each other can make a 50 ms test take seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_registry_contents():
     assert set(MODELS) == {"mlp", "cnn", "resnet20", "wrn16-4", "cnn1d"}
     assert set(PARAMS) == set(MODELS)

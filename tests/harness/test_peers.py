@@ -14,16 +14,6 @@ from weight_compander.harness.peers import PEERS, WS_EPS, apply_peer
 CONVS = (nn.Conv1d, nn.Conv2d)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP threads that
-    wait for each other can make a 50 ms test take seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def model(name: str = "cnn", seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     size = (40,) if name == "cnn1d" else (8, 8)

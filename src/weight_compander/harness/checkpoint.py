@@ -5,11 +5,13 @@ A checkpoint is a dict of tensors and plain data (numbers, strings, lists, dicts
 It is written to a temporary file in the same folder, flushed to disk and renamed over
 the old one, so a kill at any moment leaves either the old or the new checkpoint, never
 a half-written one. The previous checkpoint is kept as ``checkpoint-prev.pt``: if the
-latest turns out unreadable, `load_latest` falls back to it.
+latest turns out unreadable, `load_latest` falls back to it. `write_text` gives the run
+folder's other files (config, metrics, final) the same all-or-nothing writes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
@@ -18,7 +20,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["CHECKPOINT", "PREVIOUS", "CheckpointError", "load", "load_latest", "save"]
+__all__ = [
+    "CHECKPOINT", "PREVIOUS", "CheckpointError", "load", "load_latest", "save", "write_json",
+    "write_text",
+]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint-prev.pt"
@@ -33,6 +38,8 @@ def save(state: dict[str, Any], run_dir: str | Path) -> Path:
 
     Why the order: temp file + fsync first, so the rename only ever publishes complete
     data; the directory is fsynced last so the renames themselves survive a power cut.
+    A kill between the two renames leaves only ``checkpoint-prev.pt``, which `load_latest`
+    then uses; temp files such a kill leaves behind are removed by the next save.
     """
     run_dir = Path(run_dir)
     path, prev = run_dir / CHECKPOINT, run_dir / PREVIOUS
@@ -49,6 +56,8 @@ def save(state: dict[str, Any], run_dir: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(run_dir)
+    for stale in run_dir.glob(".checkpoint-*.tmp"):  # left by a process killed mid-save
+        stale.unlink(missing_ok=True)
     return path
 
 
@@ -91,6 +100,25 @@ def load_latest(run_dir: str | Path) -> dict[str, Any] | None:
     if errors:
         raise CheckpointError("; ".join(errors))
     return None
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomic write: readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _fsync_dir(path: Path) -> None:

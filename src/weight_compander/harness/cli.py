@@ -3,27 +3,36 @@
 Each subcommand module exposes ``add_parser(subparsers)``, which registers its options
 and sets ``func`` (args -> exit code). The ``train`` flags are generated from the
 `TrainConfig` fields, so a new setting is a flag and a TOML key without touching this file.
-A bad setting, folder or data file prints one line and exits 2; a diverged run exits 1.
+A bad setting, folder or data file prints one line and exits 2; a diverged run exits 1;
+a run stopped by SIGTERM / SIGINT writes a checkpoint and exits 143 / 130. Under torchrun
+(``torchrun --nproc_per_node=N -m weight_compander train ...``) `train` joins the process
+group and trains data-parallel; see docs/distributed.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from weight_compander.harness import checkpoint, data
+from weight_compander.harness import checkpoint, data, distributed
 from weight_compander.harness.config import ConfigError, TrainConfig, load_config, parse_value
+from weight_compander.harness.stopping import RunInterrupted
 
 __all__ = ["add_config_flags", "build_parser", "config_from_args", "default_run_dir", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 1 run failed, 2 usage/config/data)."""
+    """Run the command line; returns the exit code.
+
+    0 ok, 1 run failed, 2 usage/config/data, 130 / 143 stopped by SIGINT / SIGTERM.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -32,15 +41,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    if distributed.launched() and args.func is not _train:
+        print("error: only `train` runs under torchrun; start compare, report and demo "
+              "without it (compare --jobs N runs in parallel)", file=sys.stderr)
+        return 2
     from weight_compander.harness.train import NonFiniteLossError
 
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # e.g. a corrupt checkpoint: one line, not a code trace
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
+    except RunInterrupted as err:
+        _error(str(err), every_rank=False, label=None)  # "stopped by SIGTERM ..."
+        return err.exit_code
     except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _error(str(err))
         return 1
-    except (ConfigError, data.DataError, checkpoint.CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except ConfigError as err:
+        _error(str(err), every_rank=False)
+        return 2
+    except (data.DataError, checkpoint.CheckpointError) as err:
+        _error(str(err))
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; continue a run with --resume", file=sys.stderr)
@@ -118,8 +139,24 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else default_run_dir(cfg)
-    run(cfg, out, resume=args.resume, progress=not args.no_progress)
+    with distributed.process_group():  # only under torchrun; a no-op otherwise
+        run(cfg, out, resume=args.resume, progress=not args.no_progress)
     return 0
+
+
+def _error(message: str, *, every_rank: bool = True, label: str | None = "error") -> None:
+    """Print one line to stderr; under torchrun errors every rank shares come from rank 0 only."""
+    rank = int(os.environ.get("RANK", "0")) if distributed.launched() else 0
+    line = f"{label}: {message}" if label else message
+    if rank == 0:
+        print(line, file=sys.stderr)
+    elif every_rank:
+        print(f"[rank {rank}] {line}", file=sys.stderr)
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, *args: Any,
+                  **kwargs: Any) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _parser_for(key: str) -> Any:

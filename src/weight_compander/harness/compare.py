@@ -17,7 +17,9 @@ A comparison TOML names the seeds, the baseline, the settings shared by all vari
 Every variant runs with every seed, so differences to the baseline are paired (same data
 order and init). A run is complete iff its `final.json` exists: re-running skips complete
 runs and resumes any run that left a checkpoint, so an interrupted comparison continues
-where it stopped.
+where it stopped. SIGTERM / SIGINT (Ctrl-C) stop a comparison cleanly: queued runs do not
+start, running ones finish their step and write a checkpoint, the workers exit, and the
+command exits 143 / 130; a second signal kills the workers at once.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import time
 import tomllib
@@ -38,6 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrainConfig
+from .stopping import RunInterrupted, StopRequest
+
+STOPPED = ("compare stopped by {signal}; finished runs are kept and interrupted ones have a "
+           "checkpoint: re-run the same command to continue")
 
 TOP_KEYS = ("name", "description", "seeds", "baseline", "defaults", "variants")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -172,13 +179,22 @@ def _check_existing(comparison: Comparison, out: Path) -> None:
 # --------------------------------------------------------------------------- running
 
 
+_worker_stop: StopRequest | None = None  # in a worker process: set once a stop signal came
+
+
 def _init_worker(threads: int) -> None:
-    """Split the cores between parallel runs instead of letting each take all of them."""
+    """Split the cores between parallel runs instead of letting each take all of them.
+
+    A worker records SIGTERM / SIGINT rather than dying, so a stopping comparison starts
+    no new run in it; a run in progress has its own handler (train.run) and checkpoints.
+    """
+    global _worker_stop
     import torch
 
     from . import train  # noqa: F401  (imported here, so a run's time is the run's own)
 
     torch.set_num_threads(threads)
+    _worker_stop = StopRequest().__enter__()  # for the worker's lifetime
 
 
 def _run_one(
@@ -188,9 +204,15 @@ def _run_one(
     from . import train
 
     start = time.perf_counter()
+    if _worker_stop is not None and _worker_stop.signum is not None:
+        raise RunInterrupted(_worker_stop.signum, f"{run_dir} not started: stopping")
     (Path(run_dir) / "error.log").unlink(missing_ok=True)  # from an earlier failed attempt
     try:
         final = train.run(config, Path(run_dir), resume=resume, progress=progress)
+    except RunInterrupted as err:
+        if _worker_stop is not None:
+            _worker_stop.signum = err.signum  # this worker starts nothing else
+        raise
     except Exception as err:
         tb = traceback.format_exc()
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -199,6 +221,30 @@ def _run_one(
                 "seconds": time.perf_counter() - start}
     return {"ok": True, "test_acc": float(final["test_acc"]),
             "seconds": time.perf_counter() - start}
+
+
+def _stopped(signum: int, detail: str = "") -> RunInterrupted:
+    text = STOPPED.format(signal=signal.Signals(signum).name)
+    return RunInterrupted(signum, f"{text} ({detail})" if detail else text)
+
+
+def _stop_workers(pool: cf.ProcessPoolExecutor, stop: StopRequest, others: set[Any]) -> None:
+    """Cancel queued runs and SIGTERM the workers until they have exited.
+
+    Each running run finishes its step and writes a checkpoint first. The signal is
+    repeated, as a run that was just starting may have missed the first; a second stop
+    signal to `compare` kills the workers at once. `others`: child processes that are not
+    the pool's.
+    """
+    pool.shutdown(wait=False, cancel_futures=True)
+    workers = [p for p in multiprocessing.active_children() if p not in others]
+    first = stop.count
+    while any(p.is_alive() for p in workers):
+        for p in workers:
+            if p.is_alive():
+                (p.kill if stop.count > first else p.terminate)()
+        for p in workers:
+            p.join(timeout=0.5 / len(workers))
 
 
 def _cores() -> int:
@@ -248,14 +294,21 @@ def run_comparison(
         return comparison.config(variant, seed), str(run_dir), run_dir.exists()
 
     if jobs == 1:
-        for i, (variant, seed) in enumerate(todo, 1):
-            result = _run_one(*job(variant, seed), progress if progress else "quiet")
-            finished(i, variant, seed, result)
+        with StopRequest(immediate=STOPPED):  # between runs; a run stops itself (train.run)
+            try:
+                for i, (variant, seed) in enumerate(todo, 1):
+                    result = _run_one(*job(variant, seed), progress if progress else "quiet")
+                    finished(i, variant, seed, result)
+            except RunInterrupted as err:  # from a run (after its checkpoint) or between runs
+                if err.message.startswith("compare stopped"):
+                    raise
+                raise _stopped(err.signum, err.message) from None
     elif todo:
         ctx = multiprocessing.get_context("spawn")
         threads = max(1, _cores() // jobs)
-        with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
-                                    initargs=(threads,)) as pool:
+        others = set(multiprocessing.active_children())
+        with StopRequest(immediate=STOPPED) as stop, cf.ProcessPoolExecutor(
+                jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
             futures = {pool.submit(_run_one, *job(v, s), "quiet"): (v, s) for v, s in todo}
             try:
                 for i, fut in enumerate(cf.as_completed(futures), 1):
@@ -264,9 +317,11 @@ def run_comparison(
                     except Exception as err:  # the worker process died (e.g. out of memory)
                         result = {"ok": False, "error": f"worker died: {err!r}", "seconds": 0.0}
                     finished(i, *futures[fut], result)
-            except KeyboardInterrupt:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+            except KeyboardInterrupt as err:  # RunInterrupted: a stop signal, here or in a worker
+                log("stopping: running runs finish their step and write a checkpoint "
+                    "(a second Ctrl-C kills them)")
+                _stop_workers(pool, stop, others)
+                raise _stopped(getattr(err, "signum", signal.SIGINT)) from None
     end_cpu = os.times()
     cpu = sum(end_cpu[:4]) - sum(start_cpu[:4])
     summary = write_summary(comparison, out, failed=failed, trained=len(todo),

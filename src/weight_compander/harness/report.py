@@ -3,7 +3,7 @@
 The compared number is always the final-epoch test accuracy from `final.json` (measured once,
 after the last epoch), never a best epoch. Differences to the baseline are paired over the
 seeds both variants have, because the same seed means the same data order and init, so the
-seed-to-seed noise cancels in the difference.
+seed-to-seed noise cancels in the difference. The figures are drawn by figures.py.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from weight_compander.defaults import NEAR_ZERO  # |w| < NEAR_ZERO * s is "near zero"
+
+from . import figures
 
 CONFIDENCE = 0.95  # of the paired-difference intervals
 
@@ -103,8 +105,15 @@ def paired_difference(
 
     seeds = sorted(set(values) & set(baseline))
     diffs = [values[s] - baseline[s] for s in seeds]
-    out: dict[str, Any] = {"seeds": seeds, "n": len(seeds), "diffs": diffs, "mean": None,
-                           "std": None, "ci": None, "confidence": confidence}
+    out: dict[str, Any] = {
+        "seeds": seeds,
+        "n": len(seeds),
+        "diffs": diffs,
+        "mean": None,
+        "std": None,
+        "ci": None,
+        "confidence": confidence,
+    }
     if not diffs:
         return out
     mean, sd = mean_std(diffs)
@@ -177,8 +186,10 @@ def _table(names: Sequence[str], summary: dict[str, Any], baseline: str | None) 
             diff, pairs = "(baseline)", "—"
         else:
             diff, pairs = _diff_cell(s.get("vs_baseline"))
-        lines.append(f"| {name} | {s['n']} | {acc} | {diff} | {pairs} | "
-                     f"{_pct(s['val_acc_mean'])} | {_seconds(s['wall_time_mean'])} |")
+        lines.append(
+            f"| {name} | {s['n']} | {acc} | {diff} | {pairs} | "
+            f"{_pct(s['val_acc_mean'])} | {_seconds(s['wall_time_mean'])} |"
+        )
     return lines
 
 
@@ -249,241 +260,6 @@ def _by_root(runs: Sequence[Run]) -> dict[Path, list[Run]]:
     return roots
 
 
-# --------------------------------------------------------------------------- weights
-
-
-def _plain_names(model: Any) -> list[str]:
-    """Qualified names of the matrix/conv weights (dim >= 2) of a model without WC."""
-    import torch
-
-    names = []
-    for mname, module in model.named_modules():
-        w = getattr(module, "weight", None)
-        if isinstance(w, torch.Tensor) and w.dim() >= 2 and "parametrizations" not in mname:
-            names.append(f"{mname}.weight" if mname else "weight")
-    return names
-
-
-def scaled_weights(run_dir: Path, names: Sequence[str] | None = None) -> tuple[dict, bool]:
-    """name -> (effective, raw) weights of a run as flat numpy arrays in scale units; is-WC flag.
-
-    WC runs: divided by the compander scale s of each tensor (hyperparameters are in units
-    of s, so a limit L shows as ±L). Runs without WC: the plain weight tensors of the given
-    names, each divided by its own std (so layers of different fan-in are comparable);
-    effective and raw are then the same tensor.
-    """
-    import weight_compander as wc
-
-    from . import train
-
-    model = train.load_model(run_dir)
-    pairs = wc.weights(model)
-    if pairs:
-        scales = {row["name"]: float(row["scale"]) for row in wc.stats(model)}
-        return {n: ((w / scales[n]).flatten().numpy(), (v / scales[n]).flatten().numpy())
-                for n, (w, v) in pairs.items()}, True
-    out = {}
-    for name in names if names is not None else _plain_names(model):
-        module, _, attr = name.rpartition(".")
-        try:
-            t = getattr(model.get_submodule(module), attr).detach().float().flatten()
-        except AttributeError:
-            continue  # a different model: this tensor does not exist here
-        t = (t / t.std()).numpy()
-        out[name] = (t, t)
-    return out, False
-
-
-def _weight_figure(
-    runs: Sequence[Run], order: Sequence[str], layer: str | None, path: Path
-) -> list[str]:
-    """Histograms of effective and raw weights per variant (one seed each); Markdown rows."""
-    import numpy as np
-
-    first = {}  # one run per variant; the lowest seed, so variants show the same seed
-    rank = {v: i for i, v in enumerate(order)}
-    for r in sorted(runs, key=lambda r: (rank.get(r.variant, len(rank)), r.seed)):
-        if any(r.path.glob("checkpoint*.pt")):  # the weights live in the checkpoint
-            first.setdefault(r.variant, r)
-    if not first:
-        return []
-    loaded = {v: scaled_weights(r.path) for v, r in first.items()
-              if r.config.get("reparam") == "wc"}
-    wc_names = next((list(ws) for ws, is_wc in loaded.values() if is_wc), None)
-    for v, r in first.items():
-        if v not in loaded or not loaded[v][1]:
-            loaded[v] = scaled_weights(r.path, wc_names)
-    names = wc_names if wc_names is not None else list(next(iter(loaded.values()))[0])
-    if not names:
-        return []
-    layer = layer or names[0]
-    if layer not in names:
-        raise ValueError(f"--layer {layer!r} is not a weight of these runs; choose one of: "
-                         + ", ".join(names))
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    data = {}
-    for v in first:
-        ws, is_wc = loaded[v]
-        pooled = [ws[n] for n in names if n in ws]
-        if not pooled:
-            continue
-        data[v] = (is_wc, ws.get(layer), (np.concatenate([p[0] for p in pooled]),
-                                          np.concatenate([p[1] for p in pooled])))
-    every = np.concatenate([d[2][k] for d in data.values() for k in (0, 1)])
-    edge = float(np.percentile(np.abs(every), 99.9)) * 1.05
-    n_layer = max((d[1][0].size for d in data.values() if d[1] is not None), default=0)
-    bins = [np.linspace(-edge, edge, n + 1) for n in (int(np.clip(n_layer**0.5, 15, 80)), 80)]
-    rows = ["| variant | WC | seed | near zero, effective | max abs, effective | "
-            "near zero, raw | max abs, raw |", "|---|---|---:|---:|---:|---:|---:|"]
-    for v, (is_wc, one, pooled) in data.items():
-        style = {"histtype": "step", "density": True, "linewidth": 1.4,
-                 "label": f"{v} ({'WC' if is_wc else 'no WC'})",
-                 "linestyle": "-" if is_wc else "--"}
-        for col in (0, 1):
-            if one is not None:
-                axes[0, col].hist(np.clip(one[col], -edge, edge), bins=bins[0], **style)
-            axes[1, col].hist(np.clip(pooled[col], -edge, edge), bins=bins[1], **style)
-        eff, raw = pooled
-        rows.append(f"| {v} | {'yes' if is_wc else 'no'} | {first[v].seed} | "
-                    f"{np.mean(np.abs(eff) < NEAR_ZERO):.3f} | {np.abs(eff).max():.2f} | "
-                    f"{np.mean(np.abs(raw) < NEAR_ZERO):.3f} | {np.abs(raw).max():.2f} |")
-    unit = "weight / scale   (WC: compander scale s; no WC: the tensor's std)"
-    for row, where in enumerate((f"layer {layer}", f"all {len(names)} layers pooled")):
-        for col, what in enumerate(("effective weight w", "raw weight v (WC) / weight (no WC)")):
-            ax = axes[row, col]
-            ax.set_title(f"{where}: {what}", fontsize=10)
-            ax.set_xlabel(unit, fontsize=8)
-            ax.set_ylabel("density")
-    axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return rows
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _accuracy_figure(order: Sequence[str], summary: dict, base: str | None, path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(order) + 2), 4))
-    for i, name in enumerate(order):
-        s = summary["variants"][name]
-        accs = [100 * a for a in s["test_acc"]]
-        ax.scatter([i + 0.12] * len(accs), accs, s=12, color="grey", zorder=2)
-        ax.errorbar(i, 100 * s["mean"], yerr=100 * (s["std"] or 0.0), fmt="o", capsize=5,
-                    color="C3" if name == base else "C0", zorder=3)
-    if base in summary["variants"]:
-        ax.axhline(100 * summary["variants"][base]["mean"], color="C3", linestyle=":", lw=1)
-    ax.set_xticks(range(len(order)), order, rotation=20)
-    ax.set_ylabel("final test accuracy % (mean ± std; dots: seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _mean_curve(runs: Sequence[Run], key: str) -> tuple[list[int], list[float]]:
-    per_epoch: dict[int, list[float]] = {}
-    for r in runs:
-        for row in r.metrics:
-            if isinstance(row.get(key), int | float):
-                per_epoch.setdefault(int(row["epoch"]), []).append(float(row[key]))
-    epochs = sorted(per_epoch)
-    return epochs, [statistics.fmean(per_epoch[e]) for e in epochs]
-
-
-def _curves_figure(order: Sequence[str], runs: Sequence[Run], path: Path) -> None:
-    plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, name in enumerate(order):
-        rs = [r for r in runs if r.variant == name]
-        ep, val = _mean_curve(rs, "val_acc")
-        left.plot(ep, [100 * v for v in val], marker=".", color=f"C{i}", label=name)
-        right.plot(*_mean_curve(rs, "train_loss"), marker=".", color=f"C{i}", label=name)
-    left.set_ylabel("validation accuracy % (mean over seeds)")
-    right.set_ylabel("training loss (mean over seeds)")
-    for ax in (left, right):
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _start_values(config: dict[str, Any]) -> dict[str, float]:
-    """The hyperparameters a WC run started from: its wc_hyper, else the kind's defaults."""
-    import weight_compander as wc
-
-    try:
-        kind = wc.get_kind(config.get("wc_kind", "tanh"))
-    except (KeyError, ValueError):  # a kind registered only in the process that trained
-        return dict(config.get("wc_hyper") or {})
-    return {h: float((config.get("wc_hyper") or {}).get(h, spec.default))
-            for h, spec in kind.hyperparameters.items()}
-
-
-def _hyper_series(runs: Sequence[Run]) -> dict[str, dict[tuple[str, str], tuple[list, list]]]:
-    """variant -> (tensor, hyper) -> (epochs, mean over seeds) for runs that learned them;
-    epoch 0 is the value the run started from."""
-    out: dict[str, dict[tuple[str, str], tuple[list, list]]] = {}
-    for name in sorted({r.variant for r in runs}):
-        rs = [r for r in runs if r.variant == name and r.config.get("wc_learnable")]
-        values: dict[tuple[str, str], dict[int, list[float]]] = {}
-        for r in rs:
-            start = _start_values(r.config)
-            for row in r.metrics:
-                for tensor, hypers in (row.get("wc") or {}).items():
-                    for hyper, value in hypers.items():
-                        per_epoch = values.setdefault((tensor, hyper), {})
-                        if hyper in start and int(row["epoch"]) == 1:
-                            per_epoch.setdefault(0, []).append(start[hyper])
-                        per_epoch.setdefault(int(row["epoch"]), []).append(float(value))
-        if values:
-            out[name] = {k: (sorted(v), [statistics.fmean(v[e]) for e in sorted(v)])
-                         for k, v in values.items()}
-    return out
-
-
-def _hyper_figure(series: dict, path: Path) -> list[str]:
-    hypers = sorted({h for s in series.values() for (_, h) in s})
-    tensors = sorted({t for s in series.values() for (t, _) in s})
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(hypers), figsize=(5.5 * len(hypers), 4.2), squeeze=False)
-    rows = ["| variant | hyperparameter | start | after the last epoch: mean (min–max over "
-            "tensors) |", "|---|---|---:|---:|"]
-    few = len(tensors) * len(series) <= 12  # label every line only while a legend stays short
-    for i, (variant, s) in enumerate(series.items()):
-        for ax, hyper in zip(axes[0], hypers, strict=True):
-            lines = {t: v for (t, h), v in s.items() if h == hyper}
-            for j, (tensor, (ep, vals)) in enumerate(lines.items()):
-                label = f"{variant}: {tensor}" if few else (variant if j == 0 else None)
-                ax.plot(ep, vals, color=f"C{tensors.index(tensor) % 10}" if few else f"C{i}",
-                        linestyle=("-", "--", ":", "-.")[i % 4], lw=1.2, label=label)
-            if lines:
-                starts = sorted({round(v[0], 6) for ep, v in lines.values() if ep[0] == 0})
-                lasts = [v[-1] for _, v in lines.values()]
-                rows.append(f"| {variant} | {hyper} | {', '.join(f'{x:g}' for x in starts)} | "
-                            f"{statistics.fmean(lasts):.3f} ({min(lasts):.3f}–{max(lasts):.3f}) |")
-    for ax, hyper in zip(axes[0], hypers, strict=True):
-        ax.set_title(f"learned {hyper} per tensor (mean over seeds)", fontsize=10)
-        ax.set_xlabel("epoch (0: start)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return rows
-
-
 # --------------------------------------------------------------------------- report
 
 INTRO = (
@@ -496,19 +272,20 @@ INTRO = (
 )
 
 
-def write_report(
-    runs_dir: str | Path, *, baseline: str | None = None, layer: str | None = None
-) -> Path:
+def write_report(runs_dir: str | Path, *, baseline: str | None = None, layer: str | None = None) -> Path:
     """Write RUNS_DIR/report.md and RUNS_DIR/figures/*.png; return the path of report.md."""
     runs_dir = Path(runs_dir)
     runs, incomplete = find_runs(runs_dir)
     if not runs:
-        raise FileNotFoundError(f"no finished runs (final.json) below {runs_dir}; run "
-                                "`weight-compander compare CONFIG.toml` first")
+        raise FileNotFoundError(
+            f"no finished runs (final.json) below {runs_dir}; run "
+            "`weight-compander compare CONFIG.toml` first"
+        )
     names = {r.variant for r in runs}
     if baseline is not None and baseline not in names:
-        raise ValueError(f"--baseline {baseline!r} is not a variant here; choose one of: "
-                         + ", ".join(sorted(names)))
+        raise ValueError(
+            f"--baseline {baseline!r} is not a variant here; choose one of: " + ", ".join(sorted(names))
+        )
     figdir = runs_dir / "figures"
     figdir.mkdir(exist_ok=True)
     roots = _by_root(runs)
@@ -521,23 +298,35 @@ def write_report(
         order = _variant_order(root, rnames, base)
         summary = summarize(rruns, base)
         lines += [markdown_tables(rruns, baseline), "#### Figures", ""]
-        _accuracy_figure(order, summary, base, figdir / f"{prefix}accuracy.png")
-        _curves_figure(order, rruns, figdir / f"{prefix}curves.png")
-        lines += [f"![test accuracy per variant](figures/{prefix}accuracy.png)", "",
-                  f"![learning curves](figures/{prefix}curves.png)", ""]
-        rows = _weight_figure(rruns, order, layer, figdir / f"{prefix}weights.png")
+        figures.accuracy_figure(order, summary, base, figdir / f"{prefix}accuracy.png")
+        figures.curves_figure(order, rruns, figdir / f"{prefix}curves.png")
+        lines += [
+            f"![test accuracy per variant](figures/{prefix}accuracy.png)",
+            "",
+            f"![learning curves](figures/{prefix}curves.png)",
+            "",
+        ]
+        rows = figures.weight_figure(rruns, order, layer, figdir / f"{prefix}weights.png")
         if rows:
-            lines += [f"![weight histograms](figures/{prefix}weights.png)", "",
-                      f"Weights of one run per variant, all companded layers pooled, in scale "
-                      f"units; near zero: share with |w| < {NEAR_ZERO}.", "", *rows, ""]
-        series = _hyper_series(rruns)
+            lines += [
+                f"![weight histograms](figures/{prefix}weights.png)",
+                "",
+                f"Weights of one run per variant, all companded layers pooled, in scale "
+                f"units; near zero: share with |w| < {NEAR_ZERO}.",
+                "",
+                *rows,
+                "",
+            ]
+        series = figures.hyper_series(rruns)
         if series:
-            rows = _hyper_figure(series, figdir / f"{prefix}wc-hyper.png")
-            lines += [f"![learned WC hyperparameters](figures/{prefix}wc-hyper.png)", "",
-                      *rows, ""]
+            rows = figures.hyper_figure(series, figdir / f"{prefix}wc-hyper.png")
+            lines += [f"![learned WC hyperparameters](figures/{prefix}wc-hyper.png)", "", *rows, ""]
     if incomplete:
-        lines += ["Unfinished run folders (no final.json; not in the tables): "
-                  + ", ".join(f"`{p.relative_to(runs_dir)}`" for p in incomplete), ""]
+        lines += [
+            "Unfinished run folders (no final.json; not in the tables): "
+            + ", ".join(f"`{p.relative_to(runs_dir)}`" for p in incomplete),
+            "",
+        ]
     path = runs_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
@@ -558,10 +347,15 @@ def _main(args: argparse.Namespace) -> int:
 def add_parser(subparsers: Any) -> None:
     """Register `report RUNS_DIR [--baseline NAME] [--layer NAME]`."""
     p = subparsers.add_parser(
-        "report", help="Markdown table and PNG figures from the runs of a comparison",
-        description="Write RUNS_DIR/report.md and RUNS_DIR/figures/*.png from finished runs.")
+        "report",
+        help="Markdown table and PNG figures from the runs of a comparison",
+        description="Write RUNS_DIR/report.md and RUNS_DIR/figures/*.png from finished runs.",
+    )
     p.add_argument("runs_dir", type=Path, help="the --out folder of a compare (or a parent)")
     p.add_argument("--baseline", help="variant to pair against (default: from compare.json)")
-    p.add_argument("--layer", help="weight tensor for the one-layer histogram, e.g. "
-                   "'features.0.weight' (default: the first companded layer)")
+    p.add_argument(
+        "--layer",
+        help="weight tensor for the one-layer histogram, e.g. "
+        "'features.0.weight' (default: the first companded layer)",
+    )
     p.set_defaults(func=_main)

@@ -5,6 +5,11 @@ line per epoch), ``checkpoint.pt`` (+ ``checkpoint-prev.pt``) and, once the run 
 complete, ``final.json`` with the test metrics, measured once after the last epoch.
 Every random draw comes from a seeded generator whose state is checkpointed, so a resumed
 run ends with exactly the metrics of an uninterrupted one.
+
+A checkpoint is written after every epoch and, on SIGTERM / SIGINT, after the current step
+(with the position inside the epoch); a SIGKILL loses at most the epoch in progress. Under
+torchrun every rank runs this function on its shard of each batch (see distributed.py);
+only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,11 +32,15 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 import weight_compander as wc
-from weight_compander.harness import augment, checkpoint, data, models, peers
+from weight_compander.harness import augment, checkpoint, data, distributed, models, peers
 from weight_compander.harness.config import ConfigError, TrainConfig
 from weight_compander.harness.progress import Progress
+from weight_compander.harness.stopping import RunInterrupted, StopRequest, signal_name
 
-__all__ = ["NonFiniteLossError", "RunFolderError", "build_model", "evaluate", "load_model", "run"]
+__all__ = [
+    "NonFiniteLossError", "RunFolderError", "RunInterrupted", "build_model", "evaluate",
+    "load_model", "run",
+]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,15 +76,35 @@ def run(
     Raises:
         ConfigError / RunFolderError / data.DataError: bad settings, folder or data.
         NonFiniteLossError: the loss became NaN/inf (naming epoch and step).
+        RunInterrupted: SIGTERM / SIGINT arrived; the run stopped after the current step
+            and wrote a checkpoint that `resume` continues from.
     """
-    cfg, run_dir, out = config.resolved(), Path(run_dir), Progress(progress)
-    state, done = _open_run_dir(cfg, run_dir, resume)
+    with StopRequest() as stop:
+        return _run(config.resolved(), Path(run_dir), resume, progress, stop)
+
+
+def _run(
+    cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | str, stop: StopRequest
+) -> dict[str, Any]:
+    rank, world = distributed.rank_world()
+    out = Progress(progress if rank == 0 else "quiet")
+    distributed.check_batch_size(cfg.batch_size, world)
+    opened: Any = None
+    if rank == 0:  # only rank 0 touches the folder; the other ranks get what it found
+        try:
+            opened = _open_run_dir(cfg, run_dir, resume)
+        except (ConfigError, checkpoint.CheckpointError) as err:
+            opened = err
+    opened = distributed.broadcast(opened)
+    if isinstance(opened, Exception):
+        raise opened
+    state, done = opened
     if done is not None:
         out.line(f"{run_dir} is complete; final metrics from {run_dir / 'final.json'}")
         return done
-    rank, world = _rank_world()  # (0, 1) until DDP (issue 5): shard batches, reduce metrics
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    dev = distributed.device()
     torch.manual_seed(cfg.seed)  # init and dropout; data order and augmentation have their own
     order_gen = torch.Generator().manual_seed(_derived_seed(cfg.seed, "order"))
     aug_gen = torch.Generator().manual_seed(_derived_seed(cfg.seed, "augment"))
@@ -89,15 +118,19 @@ def run(
         raise
     except ValueError as err:
         raise ConfigError(f"data: {err}") from err
-    x_train, y_train = ds.train_x, ds.train_y
+    x_train, y_train = ds.train_x.to(dev), ds.train_y.to(dev)
     n = len(y_train)
     bs = min(cfg.batch_size, n)
+    distributed.check_batch_size(bs, world)
     steps = n // bs  # the remainder is dropped; the permutation changes every epoch
     shape = {"in_channels": ds.in_channels, "input_size": list(x_train.shape[2:]),
              "num_classes": ds.num_classes}  # input_size (H, W) or (L,): plain data for JSON
 
     # -- model, reparameterization, optimizer, per-step schedule --
     model, companded = build_model(cfg, shape)
+    model.to(dev)
+    if world > 1:  # every rank its own dropout stream (init above is the same on all)
+        torch.manual_seed(_derived_seed(cfg.seed, f"rank{rank}"))
     groups = wc.param_groups(model, cfg.weight_decay, hyper_lr=cfg.wc_hyper_lr)
     if cfg.optimizer == "sgd":
         nesterov = cfg.momentum > 0  # torch refuses Nesterov without momentum
@@ -113,74 +146,116 @@ def run(
     else:
         sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
-    start, step, history = 0, 0, []
+    start, step, history, position = 0, 0, [], None
     clock = {"train": 0.0, "wall": 0.0, "cpu": 0.0, "images": 0}
     if state is not None:  # resume: every tensor and generator exactly as it was saved
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        order_gen.set_state(state["rng"]["order"])
-        aug_gen.set_state(state["rng"]["augment"])
-        start, step = state["epoch"], state["step"]
+        rng, saved_world = state["rng"], state.get("world", 1)
+        same_world = saved_world == world and "ranks" in rng  # older checkpoints: no "ranks"
+        torch.set_rng_state(rng["ranks"][rank].clone() if same_world else rng["torch"])  # no views
+        order_gen.set_state(rng["order"])
+        aug_gen.set_state(rng["augment"])
+        position = state.get("position")  # set if the run stopped inside an epoch
+        start, step = state["epoch"], state["step"] - (position["index"] if position else 0)
         history, clock = json.loads(state["history"]), json.loads(state["clock"])
+        if saved_world != world:
+            out.line(f"note: continuing a {saved_world}-process run with {world}: same data "
+                     "order and augmentation, but dropout draws and rounding differ")
+    net = distributed.wrap(model)  # trains; `model` (unwrapped) is what is saved and evaluated
     if rank == 0:
         if state is None:
-            meta = _meta(shape, ds, companded)
-            _write_json(run_dir / "config.json", {**cfg.to_dict(), "meta": meta})
-        _write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+            meta = _meta(shape, ds, companded, world)
+            checkpoint.write_json(run_dir / "config.json", {**cfg.to_dict(), "meta": meta})
+        checkpoint.write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    where = f" from epoch {start + 1}, step {step + position['index']}" if position else ""
     out.line(
         f"{'resume' if state else 'train'} {cfg.dataset}/{cfg.model} reparam={cfg.reparam} "
         f"seed={cfg.seed}: {n} train / {len(ds.val_y)} val / {len(ds.test_y)} test, "
-        f"{steps} steps/epoch x {cfg.epochs} epochs -> {run_dir}"
+        f"{steps} steps/epoch x {cfg.epochs} epochs{where}"
+        f"{f' on {world} processes' if world > 1 else ''} -> {run_dir}"
     )
+
+    def save(epoch: int, steps_done: int, order: Tensor, inside: dict | None = None) -> None:
+        """Checkpoint (rank 0 writes; every rank takes part: the RNG states are gathered)."""
+        ranks = torch.stack(distributed.gather(torch.get_rng_state()))
+        if rank == 0:
+            checkpoint.save({
+                "format": 1, "epoch": epoch, "step": steps_done, "world": world,
+                "config": cfg.to_json(), "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "ranks": ranks, "order": order,
+                        "augment": aug_gen.get_state()},
+                "shape": shape, "history": json.dumps(history), "clock": json.dumps(clock),
+                **({"position": inside} if inside else {}),
+            }, run_dir)
+
+    def tick(t0: float, c0: float, images: int) -> None:
+        clock["wall"] += time.perf_counter() - t0
+        clock["cpu"] += _cpu_since(c0)  # summed over the ranks
+        clock["images"] += images
 
     # -- training loop: train an epoch, validate, log, checkpoint --
     augmenting, mixing = cfg.augment, cfg.mixup_alpha > 0
     for epoch in range(start + 1, cfg.epochs + 1):
         t0, c0 = time.perf_counter(), time.process_time()
-        model.train()
+        net.train()
+        order = order_gen.get_state()  # a mid-epoch checkpoint redraws `perm` from here
         perm = torch.randperm(n, generator=order_gen)
-        losses, preds = [], []  # tensors per step, no sync; a NaN is traced to its step later
-        lr = opt.param_groups[0]["lr"]  # logged: the rate at the epoch's first step
+        first, lr = 0, opt.param_groups[0]["lr"]  # logged: the rate at the epoch's first step
+        losses = []  # tensors per step, no sync; a NaN is traced to its step later
+        correct = torch.zeros((), dtype=torch.long, device=dev)  # with mixup: the first label
+        if position is not None:  # resume inside this epoch: rank 0 holds the sums so far
+            first, lr, mine = position["index"], position["lr"], float(rank == 0)
+            losses = list((position["losses"].to(dev) * mine).unbind())
+            correct += position["correct"].to(dev) * int(mine)
+            position = None
         bar = out.bar(epoch, cfg.epochs, steps)
-        for i in range(steps):
-            idx = perm[i * bs + rank:(i + 1) * bs:world]  # this rank's share of the batch
-            x, y = x_train[idx], y_train[idx]
+        for i in range(first, steps):
+            idx = perm[i * bs:(i + 1) * bs]  # the global batch; random draws are for all of it,
+            x, y = x_train[idx], y_train[idx]  # on every rank, so N ranks see what 1 would
             if augmenting:
                 x = augment.augment_batch(x, ds.augment_policy, aug_gen)
             if mixing:
                 lam = _beta(cfg.mixup_alpha, aug_gen)
                 partner = torch.randperm(len(y), generator=aug_gen)
-                x = lam * x + (1 - lam) * x[partner]
-            logits = model(x)
+                x, y_mix = lam * x + (1 - lam) * x[partner], y[partner]
+            x, y = distributed.shard(x), distributed.shard(y)  # this rank's share
+            logits = net(x)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             if mixing:
                 loss = lam * loss + (1 - lam) * F.cross_entropy(
-                    logits, y[partner], label_smoothing=cfg.label_smoothing
+                    logits, distributed.shard(y_mix), label_smoothing=cfg.label_smoothing
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             losses.append(loss.detach())
-            preds.append(logits.argmax(1))
+            correct += (logits.argmax(1) == y).sum()
             bar.update(1)
+            if i + 1 < steps and distributed.any_rank(stop.signum is not None):
+                clock["train"] += time.perf_counter() - t0
+                tick(t0, c0, (i + 1 - first) * bs)
+                sums = {"losses": distributed.all_sum(torch.stack(losses)),
+                        "correct": distributed.all_sum(correct)}
+                save(epoch - 1, step + i + 1, order,
+                     {"epoch": epoch, "index": i + 1, "lr": lr, **sums})
+                raise _interrupted(stop, run_dir, f"after step {step + i + 1} (epoch {epoch})")
         bar.close()
         clock["train"] += time.perf_counter() - t0
-        clock["images"] += steps * bs
-        losses = torch.stack(losses)
+        losses = distributed.all_sum(torch.stack(losses))  # per step, summed over the ranks
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             k = int(bad[0, 0])
-            raise NonFiniteLossError(epoch, step + k + 1, float(losses[k]))
+            raise NonFiniteLossError(epoch, step + k + 1, float(losses[k]) / world)
         step += steps
-        seen = perm[: steps * bs].view(steps, bs)[:, rank::world].reshape(-1)
-        correct = (torch.cat(preds) == y_train[seen]).sum()  # with mixup: the first label
-        train_loss, train_acc = _reduce_mean(losses.sum(), correct, steps, steps * bs)
+        train_loss = float(losses.sum()) / (steps * world)
+        train_acc = float(distributed.all_sum(correct)) / (steps * bs)
+        distributed.broadcast_buffers(model)  # all ranks evaluate (and save) rank 0's BN stats
         val_loss, val_acc = evaluate(model, ds.val_x, ds.val_y, cfg.eval_batch_size)
-        clock["wall"] += time.perf_counter() - t0
-        clock["cpu"] += time.process_time() - c0
+        tick(t0, c0, (steps - first) * bs)
         record = {
             "epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
@@ -191,15 +266,10 @@ def run(
         if rank == 0:
             with open(run_dir / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(record) + "\n")
-            checkpoint.save({
-                "format": 1, "epoch": epoch, "step": step, "config": cfg.to_json(),
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "order": order_gen.get_state(),
-                        "augment": aug_gen.get_state()},
-                "shape": shape, "history": json.dumps(history), "clock": json.dumps(clock),
-            }, run_dir)
+        save(epoch, step, order_gen.get_state())
         out.row(record)
+        if epoch < cfg.epochs and distributed.any_rank(stop.signum is not None):
+            raise _interrupted(stop, run_dir, f"after epoch {epoch} (step {step})")
 
     # -- test: once, after the last epoch --
     t0, c0 = time.perf_counter(), time.process_time()
@@ -211,11 +281,11 @@ def run(
         "train_acc": last["train_acc"], "train_loss": last["train_loss"],
         "epochs": cfg.epochs, "steps": step, "seed": cfg.seed,
         "wall_time": clock["wall"] + time.perf_counter() - t0,
-        "cpu_time": clock["cpu"] + time.process_time() - c0,
+        "cpu_time": clock["cpu"] + _cpu_since(c0),
         "images_per_second": clock["images"] / max(clock["train"], 1e-9),
     }
     if rank == 0:
-        _write_json(run_dir / "final.json", final)
+        checkpoint.write_json(run_dir / "final.json", final)
     out.line(
         f"test_acc {test_acc:.4f}  test_loss {test_loss:.4f}  ({final['wall_time']:.1f} s, "
         f"{final['images_per_second']:.0f} images/s) -> {run_dir / 'final.json'}"
@@ -244,16 +314,24 @@ def build_model(cfg: TrainConfig, shape: dict[str, Any]) -> tuple[nn.Module, lis
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy (no label smoothing) and accuracy on (x, y), in eval mode."""
+    """Mean cross-entropy (no label smoothing) and accuracy on (x, y), in eval mode.
+
+    Under torchrun every rank passes the whole set, evaluates its share, and the sums are
+    reduced, so all ranks return the same numbers.
+    """
     model.eval()
-    loss = torch.zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.long)
+    n, dev = len(y), next(model.parameters()).device
+    x, y = distributed.shard(x), distributed.shard(y)
+    loss = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.long, device=dev)
     with parametrize.cached():  # reparameterized weights are computed once, not per batch
         for i in range(0, len(y), batch_size):
-            logits = model(x[i:i + batch_size])
-            loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").double()
-            correct += (logits.argmax(1) == y[i:i + batch_size]).sum()
-    return _reduce_mean(loss, correct, len(y), len(y))
+            xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+            logits = model(xb)
+            loss += F.cross_entropy(logits, yb, reduction="sum").double()
+            correct += (logits.argmax(1) == yb).sum()
+    total = distributed.all_sum(torch.stack([loss, correct.double()]))
+    return float(total[0]) / n, float(total[1]) / n
 
 
 def load_model(run_dir: str | Path) -> nn.Module:
@@ -309,21 +387,20 @@ def _open_run_dir(
     return state, None
 
 
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+def _interrupted(stop: StopRequest, run_dir: Path, where: str) -> RunInterrupted:
+    """The error that ends a stopped run, once every rank knows the checkpoint is on disk."""
+    distributed.barrier()
+    signum = stop.signum or signal.SIGTERM  # a rank that got no signal stops with the others
+    return RunInterrupted(
+        signum, f"stopped by {signal_name(signum)} {where}; "
+        f"checkpoint written to {run_dir / checkpoint.CHECKPOINT}. Continue with --resume "
+        "(same settings and --out)",
+    )
 
 
-def _reduce_mean(
-    total: Tensor, correct: Tensor, n_total: int, n_correct: int
-) -> tuple[float, float]:
-    """(total / n_total, correct / n_correct) as floats; summed over ranks under DDP."""
-    if _rank_world()[1] > 1:
-        both = torch.stack([total.double(), correct.double()])
-        torch.distributed.all_reduce(both)
-        total, correct = both[0], both[1]
-    return float(total) / n_total, float(correct) / n_correct
+def _cpu_since(c0: float) -> float:
+    """CPU seconds since `c0`, summed over the ranks (each rank's own time in one process)."""
+    return float(distributed.all_sum(torch.tensor(time.process_time() - c0, dtype=torch.float64)))
 
 
 def _derived_seed(seed: int, name: str) -> int:
@@ -347,7 +424,9 @@ def _wc_hyper(model: nn.Module) -> dict[str, dict[str, float]]:
     return {row["name"]: row["hyperparameters"] for row in wc.stats(model)}
 
 
-def _meta(shape: dict[str, Any], ds: data.Dataset, companded: list[str]) -> dict[str, Any]:
+def _meta(
+    shape: dict[str, Any], ds: data.Dataset, companded: list[str], world: int
+) -> dict[str, Any]:
     try:
         from importlib.metadata import version
 
@@ -363,6 +442,7 @@ def _meta(shape: dict[str, Any], ds: data.Dataset, companded: list[str]) -> dict
                    f"{torch.get_num_threads()} torch threads)",
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "argv": sys.argv,
+        "processes": world,  # torchrun ranks; the batch size is the global one
         "data": {"source": ds.source, "train": len(ds.train_y), "val": len(ds.val_y),
                  "test": len(ds.test_y), **shape},
         "reparameterized": companded,
@@ -379,20 +459,3 @@ def _git_commit() -> str | None:
         return None
     return res.stdout.strip() if res.returncode == 0 and res.stdout.strip() else None
 
-
-def _write_text(path: Path, text: str) -> None:
-    """Atomic write: readers see the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _write_text(path, json.dumps(obj, indent=2) + "\n")
