@@ -42,7 +42,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("cosine", "onecycle", "constant"),
     "reparam": ("none", "wc", "weight_norm", "weight_std"),
+    "wc_learn": ("train", "validation"),
 }
+
+# Validation-driven learning (wc_learn = "validation"): Adam on the hyperparameters, this
+# learning rate unless wc_hyper_lr says otherwise.
+BILEVEL_HYPER_LR = 1e-2
 
 
 class ConfigError(ValueError):
@@ -92,7 +97,17 @@ class TrainConfig:
         metadata={"help": "'default' (Linear/Conv weights) or comma-separated tensor/module names"},
     )
     wc_per_channel: bool = _field(False, "one set of hyperparameters per output channel")
-    wc_hyper_lr: float | None = _field(None, "learning rate of WC hyperparameters (None: lr)")
+    wc_hyper_lr: float | None = _field(
+        None, "learning rate of WC hyperparameters (None: lr; with wc_learn=validation: 0.01)"
+    )
+    wc_learn_only: list[str] | None = field(
+        default=None, metadata={"help": "learn only these WC hyperparameters, e.g. limit"}
+    )
+    wc_learn: str = _field(
+        "train", "what learnable WC hyperparameters follow: train (the training loss) | validation "
+        "(held-out batches, first-order bilevel)"
+    )
+    wc_hyper_every: int = _field(1, "with wc_learn=validation: one hyperparameter step per N steps")
     # -- run --
     seed: int = _field(0, "seed of init, data order, augmentation and dropout")
     threads: int | None = _field(None, "torch CPU threads (None: torch's default)")
@@ -222,7 +237,8 @@ def _check_values(c: TrainConfig) -> None:
     for key, choices in CHOICES.items():
         if getattr(c, key) not in choices:
             raise ConfigError(f"{key}: {getattr(c, key)!r} is not one of {', '.join(choices)}")
-    for key in ("epochs", "batch_size", "eval_batch_size", "train_subset", "val_size", "threads"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "train_subset", "val_size", "threads",
+                "wc_hyper_every"):
         value = getattr(c, key)
         if value is not None and value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
@@ -242,6 +258,11 @@ def _check_values(c: TrainConfig) -> None:
         raise ConfigError(
             f"wc_layers: {c.wc_layers!r} must be 'default' or a list of tensor/module names"
         )
+    learns = c.reparam == "wc" and c.wc_learnable
+    if c.wc_learn == "validation" and not learns:
+        raise ConfigError("wc_learn: 'validation' needs reparam = 'wc' and wc_learnable = true")
+    if c.wc_learn_only is not None and not (learns and c.wc_learn_only):
+        raise ConfigError("wc_learn_only: needs reparam = 'wc', wc_learnable = true and a non-empty list")
     if isinstance(c.wc_layers, list) and not c.wc_layers:
         raise ConfigError("wc_layers: the list is empty; use 'default' or name the layers")
 
@@ -261,6 +282,8 @@ def parse_value(key: str, text: str) -> Any:
         return None
     if key == "wc_layers":
         return text if text == "default" else [s.strip() for s in text.split(",") if s.strip()]
+    if key == "wc_learn_only":
+        return [s.strip() for s in text.split(",") if s.strip()]
     if key == "wc_hyper":
         out: dict[str, float] = {}
         for item in filter(None, (s.strip() for s in text.split(","))):

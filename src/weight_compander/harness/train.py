@@ -33,7 +33,7 @@ from torch.nn.utils import parametrize
 
 import weight_compander as wc
 from weight_compander.harness import augment, checkpoint, data, distributed, models, peers
-from weight_compander.harness.config import ConfigError, TrainConfig
+from weight_compander.harness.config import BILEVEL_HYPER_LR, ConfigError, TrainConfig
 from weight_compander.harness.progress import Progress
 from weight_compander.harness.stopping import RunInterrupted, StopRequest, signal_name
 
@@ -131,7 +131,19 @@ def _run(
     model.to(dev)
     if world > 1:  # every rank its own dropout stream (init above is the same on all)
         torch.manual_seed(_derived_seed(cfg.seed, f"rank{rank}"))
-    groups = wc.param_groups(model, cfg.weight_decay, hyper_lr=cfg.wc_hyper_lr)
+    # wc_learn = "validation": the weights' optimizer leaves the hyperparameters out; they
+    # follow held-out batches instead (wc.hyper_step, first-order bilevel)
+    bilevel = cfg.reparam == "wc" and cfg.wc_learn == "validation"
+    groups = wc.param_groups(
+        model, cfg.weight_decay, hyper_lr=cfg.wc_hyper_lr, with_hyperparameters=not bilevel
+    )
+    hyper_opt = val_gen = None
+    if bilevel:
+        hyper_opt = torch.optim.Adam(wc.hyperparameters(model), lr=cfg.wc_hyper_lr or BILEVEL_HYPER_LR)
+        val_gen = torch.Generator().manual_seed(_derived_seed(cfg.seed, "validation"))  # same on all ranks
+        x_val, y_val = ds.val_x.to(dev), ds.val_y.to(dev)
+        if not len(y_val):
+            raise ConfigError("wc_learn: 'validation' needs a validation split (val_size >= 1)")
     if cfg.optimizer == "sgd":
         nesterov = cfg.momentum > 0  # torch refuses Nesterov without momentum
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
@@ -157,6 +169,9 @@ def _run(
         torch.set_rng_state(rng["ranks"][rank].clone() if same_world else rng["torch"])  # no views
         order_gen.set_state(rng["order"])
         aug_gen.set_state(rng["augment"])
+        if bilevel:
+            hyper_opt.load_state_dict(state["hyper_optimizer"])
+            val_gen.set_state(rng["validation"])
         position = state.get("position")  # set if the run stopped inside an epoch
         start, step = state["epoch"], state["step"] - (position["index"] if position else 0)
         history, clock = json.loads(state["history"]), json.loads(state["clock"])
@@ -186,7 +201,9 @@ def _run(
                 "config": cfg.to_json(), "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "ranks": ranks, "order": order,
-                        "augment": aug_gen.get_state()},
+                        "augment": aug_gen.get_state(),
+                        **({"validation": val_gen.get_state()} if bilevel else {})},
+                **({"hyper_optimizer": hyper_opt.state_dict()} if bilevel else {}),
                 "shape": shape, "history": json.dumps(history), "clock": json.dumps(clock),
                 **({"position": inside} if inside else {}),
             }, run_dir)
@@ -232,6 +249,11 @@ def _run(
             loss.backward()
             opt.step()
             sched.step()
+            if bilevel and (step + i + 1) % cfg.wc_hyper_every == 0:
+                pick = torch.randint(len(y_val), (bs,), generator=val_gen, device=dev)
+                xv, yv = x_val[pick], y_val[pick]
+                distributed.broadcast_buffers(model)  # every rank: the same BN stats, same step
+                wc.hyper_step(model, lambda: F.cross_entropy(model(xv), yv), hyper_opt)  # noqa: B023
             losses.append(loss.detach())
             correct += (logits.argmax(1) == y).sum()
             bar.update(1)
@@ -300,7 +322,8 @@ def build_model(cfg: TrainConfig, shape: dict[str, Any]) -> tuple[nn.Module, lis
         if cfg.reparam == "wc":
             include = None if cfg.wc_layers == "default" else cfg.wc_layers
             names = wc.apply(
-                model, include, kind=cfg.wc_kind, learnable=cfg.wc_learnable,
+                model, include, kind=cfg.wc_kind,
+                learnable=cfg.wc_learn_only if cfg.wc_learn_only else cfg.wc_learnable,
                 per_channel=cfg.wc_per_channel, **cfg.wc_hyper,
             )
         elif cfg.reparam in ("weight_norm", "weight_std"):
