@@ -4,7 +4,7 @@ The optimizer trains a raw tensor ``v``; the network computes with ``w = s * phi
 bounds weight magnitude and pushes weights away from zero. One line puts it on a model::
 
     import weight_compander as wc
-    wc.apply(model)                      # every Linear/Conv weight, tanh, gain 2, limit 3
+    wc.apply(model)                      # every Linear/Conv weight, tanh, gain 1.5, limit 2
     opt = torch.optim.SGD(wc.param_groups(model, weight_decay=5e-4), lr=0.1)
     ...
     wc.remove(model)                     # a plain PyTorch model with f(v) baked in

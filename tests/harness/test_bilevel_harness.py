@@ -10,7 +10,7 @@ from weight_compander.harness.config import ConfigError, TrainConfig
 TIME_KEYS = {"time", "wall_time", "cpu_time", "images_per_second"}
 BILEVEL = dict(dataset="digits", model="mlp", epochs=3, batch_size=64, train_subset=400, val_size=100,
                threads=1, dropout=0.1, augment=True, reparam="wc", wc_learnable=True,
-               wc_learn="validation", wc_hyper_lr=0.05)  # fmt: skip
+               wc_learn="validation", wc_hyper_lr=0.05, wc_hyper={"gain": 2.0, "limit": 3.0})  # fmt: skip
 
 
 def learned(run_dir):

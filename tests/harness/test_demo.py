@@ -21,7 +21,7 @@ def test_demo_comparisons_are_baseline_vs_wc_on_standard_regularization(toml):
     assert base.weight_decay > 0 and base.augment and base.label_smoothing > 0
     assert base.dropout > 0
     assert (fixed.reparam, fixed.wc_kind, fixed.wc_learnable) == ("wc", "tanh", False)
-    assert fixed.wc_hyper == {"gain": 2.0, "limit": 3.0}
+    assert fixed.wc_hyper == {"gain": 1.5, "limit": 2.0}
     assert (learn.reparam, learn.wc_learnable) == ("wc", True)
     # WC is added on top of the base regularization, which stays the same
     keep = [k for k in base.to_dict() if not k.startswith("wc_") and k != "reparam"]
