@@ -9,13 +9,18 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
 
+pip_install() {
+    # quiet, but keep real errors: drop only pip's notes about index folders this machine lacks
+    "$VENV/bin/python" -m pip install --quiet "$@" 2> >(grep -v "is neither a file nor a directory" >&2)
+}
+
 setup() {
     if [ ! -x "$VENV/bin/python" ]; then
         python3 -m venv "$VENV"
     fi
     # torch first, pinned, so no resolver ever reaches for a multi-GB CUDA build.
-    "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
-    "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+    pip_install "torch==2.13.0"
+    pip_install -e ".[dev]"
     if [ ! -d /usr/share/datasets/fashion-mnist ]; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
