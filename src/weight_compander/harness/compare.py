@@ -33,14 +33,13 @@ import re
 import signal
 import sys
 import time
-import tomllib
 import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, read_toml
 from .stopping import RunInterrupted, StopRequest
 
 STOPPED = ("compare stopped by {signal}; finished runs are kept and interrupted ones have a "
@@ -141,14 +140,7 @@ def comparison_from_dict(data: dict[str, Any], *, source: str = "comparison") ->
 
 def load_comparison(path: str | Path) -> Comparison:
     """Read and check a comparison TOML file."""
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise CompareError(f"comparison file {path} not found") from None
-    except tomllib.TOMLDecodeError as err:
-        raise CompareError(f"{path}: not valid TOML ({err})") from None
-    return comparison_from_dict(data, source=str(path))
+    return comparison_from_dict(read_toml(path, CompareError, "comparison file"), source=str(path))
 
 
 def run_dir_of(out: Path, variant: str, seed: int) -> Path:

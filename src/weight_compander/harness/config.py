@@ -169,15 +169,20 @@ def load_config(
     source = "config"
     if path is not None:
         source = str(path)
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: not valid TOML ({err})") from None
+        data = read_toml(path, ConfigError, "config file")
     data.update(overrides or {})
     return TrainConfig.from_dict(data, source=source)
+
+
+def read_toml(path: str | Path, error: type[ValueError], what: str) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file raises `error` naming it."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise error(f"{what} {path} not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise error(f"{path}: not valid TOML ({err})") from None
 
 
 # ---------------------------------------------------------------- type checks
