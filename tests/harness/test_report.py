@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 import weight_compander as wc
+from weight_compander.defaults import TANH_GAIN, TANH_LIMIT
 from weight_compander.harness import report, train
 from weight_compander.harness.compare import load_comparison, run_comparison
 from weight_compander.harness.report import find_runs, paired_difference, write_report
@@ -93,8 +94,9 @@ def test_figures_and_learned_hyperparameters_from_metrics(fake_runs):
     figures = fake_runs / "figures"
     assert is_png(figures / "accuracy.png") and is_png(figures / "curves.png")
     assert is_png(figures / "wc-hyper.png")  # wc-learn logged its gain and limit per epoch
-    assert "| wc-learn | gain | 2 | 2.200 (2.200–2.200) |" in text  # started from the default
-    assert "| wc-learn | limit | 3 | 2.800 (2.800–2.800) |" in text
+    # started from the library's defaults
+    assert f"| wc-learn | gain | {TANH_GAIN:g} | 2.200 (2.200–2.200) |" in text
+    assert f"| wc-learn | limit | {TANH_LIMIT:g} | 2.800 (2.800–2.800) |" in text
     assert not (figures / "weights.png").exists()  # no checkpoints: no weights to show
 
 
