@@ -256,6 +256,17 @@ def test_non_floating_and_non_finite_tensors_are_refused():
     assert not parametrize.is_parametrized(layer)
 
 
+def test_unregistered_kind_object_is_refused(cnn):
+    tanh = wc.get_kind("tanh")
+    stray = wc.Kind("tanh", tanh.forward, tanh.inverse, tanh.hyperparameters, bound="limit")
+    before = snapshot(cnn)
+    with pytest.raises(ValueError, match="differs from the registered one"):
+        wc.apply(cnn, kind=stray)
+    assert_same(before, snapshot(cnn))
+    wc.apply(cnn, kind=tanh)  # the registered Kind object itself is fine
+    assert wc.stats(cnn)[0]["kind"] == "tanh"
+
+
 def test_zero_std_tensor_needs_an_explicit_scale():
     layer = nn.Linear(4, 3)
     nn.init.zeros_(layer.weight)

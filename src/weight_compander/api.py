@@ -189,6 +189,10 @@ def _plan(target, tied, kind, learnable, scale, per_channel, overflow, hyper) ->
     if not torch.isfinite(w).all():
         raise ValueError(f"{where} holds NaN or infinite values; fix the weights before companding.")
     spec = get_kind(kind)
+    if get_kind(spec.name) is not spec:  # companders store the kind by name (so they pickle)
+        raise ValueError(
+            f"kind {spec.name!r} differs from the registered one; register it with wc.register_kind."
+        )
     learned = _learned_names(spec, learnable)
     if overflow not in OVERFLOW_POLICIES:
         raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {overflow!r}.")
