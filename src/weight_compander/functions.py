@@ -97,6 +97,7 @@ def register_kind(
     hyperparameters: Mapping[str, float | Hyperparameter] | None = None,
     *,
     bound: str | None = None,
+    fused: Callable[..., Tensor] | None = None,
     replace: bool = False,
 ) -> Kind:
     """Add a compander kind, usable by name in ``compand``/``apply`` from then on.
@@ -108,6 +109,8 @@ def register_kind(
             unchanged).
         hyperparameters: name -> default value (a positive number) or a ``Hyperparameter``.
         bound: the hyperparameter that bounds ``|phi|``, for bounded kinds.
+        fused: optional fast path ``fused(v, s, **hyper) -> w`` computing the same values as
+            ``s * forward(v / s)`` (e.g. with an analytic backward).
         replace: allow replacing an existing kind of that name.
 
     Example::
@@ -128,7 +131,7 @@ def register_kind(
         if not isinstance(spec, Hyperparameter):
             spec = Hyperparameter(Hyperparameter(1.0).check(name, hyper_name, spec, False))
         specs[hyper_name] = spec
-    kind = Kind(name, forward, inverse, specs, bound=bound)
+    kind = Kind(name, forward, inverse, specs, bound=bound, fused=fused)
     _KINDS[name] = kind
     return kind
 
@@ -177,7 +180,7 @@ def _identity_fused(v: Tensor, scale: Tensor) -> Tensor:
 def _register_builtins() -> None:
     from .fused import fused_tanh  # the analytic fast path of the same function
 
-    tanh = register_kind(
+    register_kind(
         "tanh",
         _tanh,
         _tanh_inverse,
@@ -186,16 +189,15 @@ def _register_builtins() -> None:
             "limit": Hyperparameter(defaults.TANH_LIMIT),
         },
         bound="limit",
+        fused=fused_tanh,
     )
-    _KINDS["tanh"] = Kind(**{**tanh.__dict__, "fused": fused_tanh})
     register_kind(
         "mulaw",
         _mulaw,
         _mulaw_inverse,
         {"mu": Hyperparameter(defaults.MULAW_MU), "crossover": Hyperparameter(defaults.MULAW_CROSSOVER)},
     )
-    identity = register_kind("identity", _identity, _identity)
-    _KINDS["identity"] = Kind(**{**identity.__dict__, "fused": _identity_fused})
+    register_kind("identity", _identity, _identity, fused=_identity_fused)
 
 
 _register_builtins()
