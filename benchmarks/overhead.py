@@ -156,19 +156,26 @@ def print_results(results: dict) -> None:
         print(f"{model_name:<5} {'infer baked':<20} {inf['baked']:8.2f} {r['inference_ratio_baked']:6.2f}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_args(doc: str | None, steps: int, argv: list[str] | None) -> argparse.Namespace:
+    """The command line every benchmark here shares: --rounds, --steps, --json."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
-    parser.add_argument("--steps", type=int, default=10, help="training steps per block (default 10)")
+    parser.add_argument("--steps", type=int, default=steps, help=f"steps per block (default {steps})")
     parser.add_argument("--json", help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def write_json(results: dict, path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__, 10, argv)
     results = run(args.rounds, args.steps)
     print_results(results)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(results, args.json)
     return 0
 
 

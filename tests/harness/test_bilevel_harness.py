@@ -68,3 +68,23 @@ def test_validation_learning_needs_learnable_wc():
         TrainConfig(**{**BILEVEL, "wc_learnable": False})
     with pytest.raises(ConfigError, match="wc_learn: 'bilevel' is not one of train, validation"):
         TrainConfig(**{**BILEVEL, "wc_learn": "bilevel"})
+
+
+def test_hyper_loss_train_uses_the_label_smoothing(tmp_path):
+    # without label smoothing the two losses are the same function: identical paths
+    for loss in ("plain", "train"):
+        cfg = TrainConfig(**BILEVEL, wc_hyper_every=2, wc_hyper_loss=loss)
+        train.run(cfg, tmp_path / loss, progress="quiet")
+    assert learned(tmp_path / "plain") == learned(tmp_path / "train")
+    # with it, "train" follows the smoothed loss on the validation batches: another path
+    smoothed = TrainConfig(**BILEVEL, wc_hyper_every=2, wc_hyper_loss="train", label_smoothing=0.2)
+    train.run(smoothed, tmp_path / "smoothed", progress="quiet")
+    train.run(smoothed.replace(wc_hyper_loss="plain"), tmp_path / "smoothed-plain", progress="quiet")
+    assert learned(tmp_path / "smoothed") != learned(tmp_path / "smoothed-plain")
+
+
+def test_hyper_loss_needs_validation_learning():
+    with pytest.raises(ConfigError, match="wc_hyper_loss: only applies with wc_learn = 'validation'"):
+        TrainConfig(**{**BILEVEL, "wc_learn": "train", "wc_hyper_loss": "train"})
+    with pytest.raises(ConfigError, match="wc_hyper_loss: 'smooth' is not one of plain, train"):
+        TrainConfig(**{**BILEVEL, "wc_hyper_loss": "smooth"})

@@ -43,6 +43,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule": ("cosine", "onecycle", "constant"),
     "reparam": ("none", "wc", "weight_norm", "weight_std"),
     "wc_learn": ("train", "validation"),
+    "wc_hyper_loss": ("plain", "train"),
 }
 
 # Validation-driven learning (wc_learn = "validation"): Adam on the hyperparameters, this
@@ -108,6 +109,10 @@ class TrainConfig:
         "(held-out batches, first-order bilevel)"
     )
     wc_hyper_every: int = _field(1, "with wc_learn=validation: one hyperparameter step per N steps")
+    wc_hyper_loss: str = _field(
+        "plain", "with wc_learn=validation: the loss on validation batches: plain (cross-entropy) | "
+        "train (the training loss, with its label smoothing)"
+    )
     # -- run --
     seed: int = _field(0, "seed of init, data order, augmentation and dropout")
     threads: int | None = _field(None, "torch CPU threads (None: torch's default)")
@@ -266,6 +271,8 @@ def _check_values(c: TrainConfig) -> None:
     learns = c.reparam == "wc" and c.wc_learnable
     if c.wc_learn == "validation" and not learns:
         raise ConfigError("wc_learn: 'validation' needs reparam = 'wc' and wc_learnable = true")
+    if c.wc_hyper_loss != "plain" and c.wc_learn != "validation":
+        raise ConfigError("wc_hyper_loss: only applies with wc_learn = 'validation'")
     if c.wc_learn_only is not None and not (learns and c.wc_learn_only):
         raise ConfigError("wc_learn_only: needs reparam = 'wc', wc_learnable = true and a non-empty list")
     if isinstance(c.wc_layers, list) and not c.wc_layers:

@@ -138,6 +138,9 @@ def _run(
         model, cfg.weight_decay, hyper_lr=cfg.wc_hyper_lr, with_hyperparameters=not bilevel
     )
     hyper_opt = val_gen = None
+    # "train": the hyperparameters see the training objective on held-out data; "plain" cross-
+    # entropy also rewards sharper logits, which undoes label smoothing (a temperature effect)
+    hyper_smoothing = cfg.label_smoothing if cfg.wc_hyper_loss == "train" else 0.0
     if bilevel:
         hyper_opt = torch.optim.Adam(wc.hyperparameters(model), lr=cfg.wc_hyper_lr or BILEVEL_HYPER_LR)
         val_gen = torch.Generator().manual_seed(_derived_seed(cfg.seed, "validation"))  # same on all ranks
@@ -253,7 +256,11 @@ def _run(
                 pick = torch.randint(len(y_val), (bs,), generator=val_gen, device=dev)
                 xv, yv = x_val[pick], y_val[pick]
                 distributed.broadcast_buffers(model)  # every rank: the same BN stats, same step
-                wc.hyper_step(model, lambda: F.cross_entropy(model(xv), yv), hyper_opt)  # noqa: B023
+                wc.hyper_step(
+                    model,
+                    lambda: F.cross_entropy(model(xv), yv, label_smoothing=hyper_smoothing),  # noqa: B023
+                    hyper_opt,
+                )
             losses.append(loss.detach())
             correct += (logits.argmax(1) == y).sum()
             bar.update(1)
