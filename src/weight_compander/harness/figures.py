@@ -125,29 +125,43 @@ def hyper_series(runs: Sequence[Run]) -> dict[str, dict[tuple[str, str], tuple[l
 
 
 def hyper_figure(series: dict, path: Path) -> list[str]:
-    """Learned hyperparameters over the epochs (from `hyper_series`); Markdown rows."""
+    """Learned hyperparameters over the epochs (from `hyper_series`); Markdown rows.
+
+    Small multiples: one row per hyperparameter, one column per variant, one colour per tensor,
+    on a log axis shared along each row, so variants compare at a glance however many there are
+    and a run-away (×10, ×20) reads as such.
+    """
     hypers = sorted({h for s in series.values() for (_, h) in s})
     tensors = sorted({t for s in series.values() for (t, _) in s})
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(hypers), figsize=(5.5 * len(hypers), 4.2), squeeze=False)
+    from matplotlib.ticker import FuncFormatter
+
+    plain_numbers = FuncFormatter(lambda value, _: f"{value:g}")  # 20, not 2×10¹
+    sparse_numbers = FuncFormatter(lambda value, _: f"{value:g}" if f"{value:g}"[0] in "235" else "")
+    fig, axes = plt.subplots(
+        len(hypers), len(series), figsize=(2.6 * len(series) + 1.2, 2.4 * len(hypers) + 0.6),
+        squeeze=False, sharey="row", sharex=True,
+    )  # fmt: skip
     rows = [
         "| variant | hyperparameter | start | after the last epoch: mean (min–max over tensors) |",
         "|---|---|---:|---:|",
     ]
-    few = len(tensors) * len(series) <= 12  # label every line only while a legend stays short
-    for i, (variant, s) in enumerate(series.items()):
-        for ax, hyper in zip(axes[0], hypers, strict=True):
+    for col, (variant, s) in enumerate(series.items()):
+        for row, hyper in enumerate(hypers):
+            ax = axes[row][col]
             lines = {t: v for (t, h), v in s.items() if h == hyper}
-            for j, (tensor, (ep, vals)) in enumerate(lines.items()):
-                label = f"{variant}: {tensor}" if few else (variant if j == 0 else None)
-                ax.plot(
-                    ep,
-                    vals,
-                    color=f"C{tensors.index(tensor) % 10}" if few else f"C{i}",
-                    linestyle=("-", "--", ":", "-.")[i % 4],
-                    lw=1.2,
-                    label=label,
-                )
+            for tensor, (ep, vals) in lines.items():
+                ax.plot(ep, vals, color=f"C{tensors.index(tensor) % 10}", lw=1.2, label=tensor)
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(plain_numbers)
+            ax.yaxis.set_minor_formatter(sparse_numbers)
+            ax.grid(True, which="both", alpha=0.25)
+            if row == 0:
+                ax.set_title(variant, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(f"{hyper} (log)")
+            if row == len(hypers) - 1:
+                ax.set_xlabel("epoch (0: start)")
             if lines:
                 starts = sorted({round(v[0], 6) for ep, v in lines.values() if ep[0] == 0})
                 lasts = [v[-1] for _, v in lines.values()]
@@ -155,11 +169,12 @@ def hyper_figure(series: dict, path: Path) -> list[str]:
                     f"| {variant} | {hyper} | {', '.join(f'{x:g}' for x in starts)} | "
                     f"{statistics.fmean(lasts):.3f} ({min(lasts):.3f}–{max(lasts):.3f}) |"
                 )
-    for ax, hyper in zip(axes[0], hypers, strict=True):
-        ax.set_title(f"learned {hyper} per tensor (mean over seeds)", fontsize=10)
-        ax.set_xlabel("epoch (0: start)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if len(tensors) <= 12:  # one legend for all panels while it stays short
+        legend = dict(zip(labels, handles, strict=True))
+        fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(6, len(legend)), fontsize=7)
+    fig.suptitle("learned compander hyperparameters per tensor (mean over seeds)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08 if len(tensors) <= 12 else 0, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return rows

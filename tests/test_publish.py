@@ -1,0 +1,45 @@
+"""scripts/publish_results.py: the README's headline table and figure come from the summaries."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "publish_results.py"
+spec = importlib.util.spec_from_file_location("publish_results", SCRIPT)
+publish = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(publish)
+
+
+def variant(accs, base=None):
+    n = len(accs)
+    mean = sum(accs) / n
+    out = {"seeds": list(range(n)), "test_acc": accs, "mean": mean, "std": 0.001, "n": n}
+    if base is not None:
+        diffs = [a - b for a, b in zip(accs, base, strict=True)]
+        d = sum(diffs) / n
+        out["vs_baseline"] = {"n": n, "diffs": diffs, "mean": d, "ci": [d - 0.002, d + 0.002]}
+    return out
+
+
+def test_headline_from_summaries(tmp_path, monkeypatch):
+    base = [0.90, 0.91, 0.92]
+    summary = {"variants": {"base": variant(base), "wc-fixed": variant([0.91, 0.92, 0.93], base),
+                            "none": variant([0.85] * 3), "wc-only": variant([0.86] * 3),
+                            "wc-learn": variant([0.92, 0.92, 0.95], base)}}  # fmt: skip
+    (tmp_path / "runs" / "m1d").mkdir(parents=True)
+    (tmp_path / "runs" / "m1d" / "summary.json").write_text(json.dumps({**summary, "runs_cpu_time": 36.0,
+                                                                        "wall_time": 20.0}))  # fmt: skip
+    docs = tmp_path / "docs"
+    monkeypatch.setattr("sys.argv", ["publish", str(tmp_path / "runs"), str(docs)])
+    assert publish.main() == 0
+    table = (docs / "headline.md").read_text().splitlines()
+    m1d = next(line for line in table if line.startswith("| M1D"))
+    assert "| 3 | 91.00 ± 0.10 | +1.00 [+0.80, +1.20] |" in m1d
+    assert m1d.endswith("| 86.00 ± 0.10 vs 85.00 ± 0.10 |")
+    assert next(line for line in table if line.startswith("| F-full")).startswith("| F-full | not run |")
+    assert (docs / "headline.png").stat().st_size > 1000
+    assert "| m1d | 15 | 0 | 0.01 | 0.01 |" in (docs / "costs.md").read_text()
+    # learned vs fixed, paired per seed: diffs +0.01, 0, +0.02 -> mean +1.00 pp, t(0.975, 2) = 4.303
+    learned = (docs / "learned.md").read_text()
+    half = 4.303 * 1.0 / 3**0.5
+    assert f"| wc-learn | +1.00 [{1 - half:+.2f}, {1 + half:+.2f}] (n=3) |" in learned
