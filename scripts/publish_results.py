@@ -30,6 +30,21 @@ def _delta(summary: dict[str, Any], variant: str) -> str:
     return f"{100 * v['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
+def _paired(summary: dict[str, Any], variant: str, reference: str) -> str:
+    """Paired Δ of `variant` to `reference` over their common seeds, with the 95% t-interval."""
+    from weight_compander.harness.report import paired_difference
+
+    runs = summary["variants"]
+    if variant not in runs or reference not in runs:
+        return "—"
+    d = paired_difference(*(dict(zip(runs[v]["seeds"], runs[v]["test_acc"], strict=True))
+                            for v in (variant, reference)))  # fmt: skip
+    if d["ci"] is None:
+        return "—"
+    lo, hi = (100 * x for x in d["ci"])
+    return f"{100 * d['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={d['n']})"
+
+
 def _acc(summary: dict[str, Any], variant: str) -> str:
     v = summary["variants"].get(variant)
     if not v:
@@ -41,7 +56,7 @@ def _acc(summary: dict[str, Any], variant: str) -> str:
 def headline_table(summaries: dict[str, dict[str, Any]]) -> str:
     """Markdown: base accuracy, the paired Δ of each headline variant, and wc-only vs none."""
     head = ["benchmark", "seeds", "base, test acc %", *(f"{v}, Δ pp [95% CI]" for v in HEADLINE),
-            "wc-only vs none, %"]  # fmt: skip
+            "wc-only − none, Δ pp [95% CI]"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for key, label in BENCHMARKS.items():
         s = summaries.get(key)
@@ -50,32 +65,18 @@ def headline_table(summaries: dict[str, dict[str, Any]]) -> str:
             continue
         seeds = min((v["n"] for v in s["variants"].values()), default=0)
         cells = [label, str(seeds), _acc(s, "base"), *(_delta(s, v) for v in HEADLINE),
-                 f"{_acc(s, 'wc-only')} vs {_acc(s, 'none')}"]  # fmt: skip
+                 _paired(s, "wc-only", "none").split(" (n=")[0]]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def learned_table(summaries: dict[str, dict[str, Any]], fixed: str = "wc-fixed") -> str:
     """Markdown: each learned variant's paired Δ to the fixed setting, per benchmark."""
-    from weight_compander.harness.report import paired_difference
-
     keys = [k for k in ("f-small", "m1d", "f-full") if k in summaries]
     head = ["variant", *(f"{BENCHMARKS[k]}: Δ vs {fixed}, pp [95% CI]" for k in keys)]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for variant in LEARNED:
-        cells = []
-        for k in keys:
-            runs = summaries[k]["variants"]
-            if variant not in runs or fixed not in runs:
-                cells.append("—")
-                continue
-            d = paired_difference(*(dict(zip(runs[v]["seeds"], runs[v]["test_acc"], strict=True))
-                                    for v in (variant, fixed)))  # fmt: skip
-            if d["ci"] is None:
-                cells.append("—")
-            else:
-                lo, hi = (100 * x for x in d["ci"])
-                cells.append(f"{100 * d['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={d['n']})")
+        cells = [_paired(summaries[k], variant, fixed) for k in keys]
         if any(c != "—" for c in cells):
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ def variant(accs, base=None):
 def test_headline_from_summaries(tmp_path, monkeypatch):
     base = [0.90, 0.91, 0.92]
     summary = {"variants": {"base": variant(base), "wc-fixed": variant([0.91, 0.92, 0.93], base),
-                            "none": variant([0.85] * 3), "wc-only": variant([0.86] * 3),
+                            "none": variant([0.85] * 3), "wc-only": variant([0.86, 0.87, 0.85]),
                             "wc-learn": variant([0.92, 0.92, 0.95], base)}}  # fmt: skip
     (tmp_path / "runs" / "m1d").mkdir(parents=True)
     (tmp_path / "runs" / "m1d" / "summary.json").write_text(json.dumps({**summary, "runs_cpu_time": 36.0,
@@ -35,7 +35,8 @@ def test_headline_from_summaries(tmp_path, monkeypatch):
     table = (docs / "headline.md").read_text().splitlines()
     m1d = next(line for line in table if line.startswith("| M1D"))
     assert "| 3 | 91.00 ± 0.10 | +1.00 [+0.80, +1.20] |" in m1d
-    assert m1d.endswith("| 86.00 ± 0.10 vs 85.00 ± 0.10 |")
+    # wc-only - none, paired: +1, +2, 0 pp -> +1.00 ± 4.303 * 1 / sqrt(3)
+    assert m1d.endswith("| +1.00 [-1.48, +3.48] |")
     assert next(line for line in table if line.startswith("| F-full")).startswith("| F-full | not run |")
     assert (docs / "headline.png").stat().st_size > 1000
     assert "| m1d | 15 | 0 | 0.01 | 0.01 |" in (docs / "costs.md").read_text()
