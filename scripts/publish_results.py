@@ -22,27 +22,23 @@ LEARNED = ["wc-learn", "wc-learn-val", "wc-learn-val-slow", "wc-learn-val-ls", "
            "wc-learn-val-limit", "wc-learn-val-gain"]  # fmt: skip
 
 
-def _delta(summary: dict[str, Any], variant: str) -> str:
-    v = summary["variants"].get(variant, {}).get("vs_baseline")
-    if not v or v.get("ci") is None:
+def _interval(d: dict[str, Any] | None) -> str:
+    """A paired difference (report.paired_difference's dict) as "+m [lo, hi]" in points."""
+    if not d or d.get("ci") is None:
         return "—"
-    lo, hi = (100 * x for x in v["ci"])
-    return f"{100 * v['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    lo, hi = (100 * x for x in d["ci"])
+    return f"{100 * d['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
-def _paired(summary: dict[str, Any], variant: str, reference: str) -> str:
-    """Paired Δ of `variant` to `reference` over their common seeds, with the 95% t-interval."""
+def _paired(summary: dict[str, Any], variant: str, reference: str) -> dict[str, Any] | None:
+    """Paired difference of `variant` to `reference` over their common seeds (None if one is missing)."""
     from weight_compander.harness.report import paired_difference
 
     runs = summary["variants"]
     if variant not in runs or reference not in runs:
-        return "—"
-    d = paired_difference(*(dict(zip(runs[v]["seeds"], runs[v]["test_acc"], strict=True))
-                            for v in (variant, reference)))  # fmt: skip
-    if d["ci"] is None:
-        return "—"
-    lo, hi = (100 * x for x in d["ci"])
-    return f"{100 * d['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={d['n']})"
+        return None
+    return paired_difference(*(dict(zip(runs[v]["seeds"], runs[v]["test_acc"], strict=True))
+                               for v in (variant, reference)))  # fmt: skip
 
 
 def _acc(summary: dict[str, Any], variant: str) -> str:
@@ -64,8 +60,8 @@ def headline_table(summaries: dict[str, dict[str, Any]]) -> str:
             lines.append(f"| {label} | not run | " + " | ".join("—" for _ in head[2:]) + " |")
             continue
         seeds = min((v["n"] for v in s["variants"].values()), default=0)
-        cells = [label, str(seeds), _acc(s, "base"), *(_delta(s, v) for v in HEADLINE),
-                 _paired(s, "wc-only", "none").split(" (n=")[0]]  # fmt: skip
+        deltas = [_interval(s["variants"].get(v, {}).get("vs_baseline")) for v in HEADLINE]
+        cells = [label, str(seeds), _acc(s, "base"), *deltas, _interval(_paired(s, "wc-only", "none"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -76,7 +72,8 @@ def learned_table(summaries: dict[str, dict[str, Any]], fixed: str = "wc-fixed")
     head = ["variant", *(f"{BENCHMARKS[k]}: Δ vs {fixed}, pp [95% CI]" for k in keys)]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for variant in LEARNED:
-        cells = [_paired(summaries[k], variant, fixed) for k in keys]
+        pairs = [_paired(summaries[k], variant, fixed) for k in keys]
+        cells = [_interval(d) + (f" (n={d['n']})" if d and d["ci"] else "") for d in pairs]
         if any(c != "—" for c in cells):
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -112,6 +109,7 @@ def headline_figure(summaries: dict[str, dict[str, Any]], path: Path) -> None:
 def main() -> int:
     runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/study")
     docs = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/results")
+    docs.mkdir(parents=True, exist_ok=True)
     rows = []
     for summary_path in sorted(runs.glob("*/summary.json")):
         folder = summary_path.parent
@@ -136,6 +134,8 @@ def main() -> int:
     ]
     lines += [f"| {n} | {d} | {m} | {c / 3600:.2f} | {w / 3600:.2f} |" for n, d, m, c, w in rows]
     (docs / "costs.md").write_text("\n".join(lines) + "\n")
+    # from docs/, not runs/: benchmarks published earlier stay in the headline when only some
+    # comparisons are re-run and re-published
     summaries = {k: json.loads((docs / k / "summary.json").read_text())
                  for k in BENCHMARKS if (docs / k / "summary.json").exists()}  # fmt: skip
     if summaries:
