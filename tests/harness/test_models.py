@@ -19,6 +19,7 @@ CASES = [(name, c, s) for name in MODELS for c, s in SHAPES[name]]
 PARAMS = {
     "mlp": (1.6e6, 1.8e6),
     "cnn": (0.5e6, 0.65e6),
+    "cnn-nonorm": (0.5e6, 0.65e6),
     "resnet20": (0.26e6, 0.29e6),
     "wrn16-4": (2.7e6, 2.8e6),
     "cnn1d": (15e3, 40e3),
@@ -26,7 +27,7 @@ PARAMS = {
 
 
 def test_registry_contents():
-    assert set(MODELS) == {"mlp", "cnn", "resnet20", "wrn16-4", "cnn1d"}
+    assert set(MODELS) == {"mlp", "cnn", "cnn-nonorm", "resnet20", "wrn16-4", "cnn1d"}
     assert set(PARAMS) == set(MODELS)
 
 
@@ -140,3 +141,18 @@ def test_register_model():
         assert model(torch.zeros(4, 2, 5)).shape == (4, 3)
     finally:
         del MODELS["test-linear"]
+
+
+def test_cnn_nonorm_has_no_normalization_and_keeps_the_signal_scale():
+    """The point of `cnn-nonorm`: every weight's scale reaches the output (no norm layer
+    could undo it), and He init keeps activations O(1) through its five layers."""
+    torch.manual_seed(0)
+    model = build_model("cnn-nonorm", in_channels=1, input_size=(28, 28), num_classes=10)
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+    assert not any(isinstance(m, norms) for m in model.modules())
+    x = torch.randn(256, 1, 28, 28)
+    out = model.eval()(x)
+    assert 0.3 < out.std().item() < 10.0  # max-pooling raises it; default init gives 0.08
+    with torch.no_grad():  # doubling one conv kernel changes the output (it would not under BN)
+        model[0].weight.mul_(2)
+    assert not torch.allclose(model(x), out, rtol=1e-3, atol=1e-3)

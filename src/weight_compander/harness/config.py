@@ -73,7 +73,7 @@ class TrainConfig:
         "mnist1d, 5000 for the others)"
     )
     # -- model --
-    model: str = _field("mlp", "mlp | cnn | resnet20 | wrn16-4 | cnn1d")
+    model: str = _field("mlp", "mlp | cnn | cnn-nonorm | resnet20 | wrn16-4 | cnn1d")
     dropout: float = _field(0.0, "dropout probability in the model's head")
     # -- optimization --
     epochs: int = _field(10, "passes over the training set")

@@ -147,6 +147,40 @@ def cnn(in_channels: int, input_size: tuple[int, ...], num_classes: int, dropout
     )
 
 
+@register_model("cnn-nonorm")
+def cnn_nonorm(in_channels: int, input_size: tuple[int, ...], num_classes: int, dropout: float):
+    """`cnn` without normalization layers: conv (with bias) + ReLU, He-initialized.
+
+    Why: a conv weight followed by BatchNorm can be rescaled without changing the function,
+    so in `cnn` weight compander's magnitude bound only changes training dynamics. Here the
+    scale of every weight reaches the output, the regime the method is designed for. He
+    (fan-in) init replaces PyTorch's default so the signal keeps its scale through five
+    layers without a normalization to restore it.
+    """
+    h, w = _require_2d("cnn-nonorm", input_size)
+
+    def conv(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1)]
+        return [*layers, nn.MaxPool2d(2), nn.ReLU(inplace=True)] if pool else [*layers, nn.ReLU(inplace=True)]
+
+    model = nn.Sequential(
+        *conv(in_channels, 32, pool=True),
+        *conv(32, 64, pool=True),
+        *conv(64, 64, pool=False),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(64 * (h // 4) * (w // 4), 128),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(128, num_classes),
+    )
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    return model
+
+
 # --------------------------------------------------------------------------- resnet20
 
 
