@@ -5,17 +5,28 @@
 Each comparison folder's report.md, figures/ and summary.json (with its wall and CPU time) go
 to docs/results/<name>/; docs/results/costs.md tabulates the CPU time of every comparison;
 docs/results/headline.md and headline.png put the five benchmarks side by side (the README's
-table and figure), computed from the summaries, never typed in.
+table and figure), computed from the summaries, never typed in; docs/results/convergence.md,
+.json and .png show each benchmark's base validation curve and issue 10's convergence rule.
 """
 
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 # The README's headline: the five benchmarks, and the variants a reader compares with base.
-BENCHMARKS = {"f-full": "F-full", "f-small": "F-small", "f-resnet": "F-resnet", "m1d": "M1D", "digits": "D"}
+BENCHMARKS = {"f-full": "F-full", "f-small": "F-small", "f-resnet": "F-resnet", "m1d": "M1D", "digits": "D",
+              "f-nonorm": "F-nonorm", "f-mlp": "F-mlp", "f-mlp-adamw": "F-mlp-adamw",
+              "m1d-adamw": "M1D-adamw"}  # fmt: skip
+# What sets each benchmark apart (issue 10): normalization after the convs, and the optimizer.
+REGIME = {"f-full": "BN conv, SGD", "f-small": "BN conv, SGD", "f-resnet": "BN resnet, SGD",
+          "m1d": "BN conv1d, SGD", "digits": "MLP, SGD", "f-nonorm": "no-norm conv, SGD",
+          "f-mlp": "MLP, SGD", "f-mlp-adamw": "MLP, AdamW", "m1d-adamw": "BN conv1d, AdamW"}  # fmt: skip
+# Issue 10's convergence rule: base's validation accuracy gains less than this over the last
+# fifth of the epochs.
+CONVERGED_GAIN_PP = 0.2
 HEADLINE = ["wc-fixed", "wc-learn", "wc-learn-val", "wc-learn-val-ls", "weight-norm", "weight-std"]
 # Issue 6: learned hyperparameters against the best fixed setting, paired, on these benchmarks.
 LEARNED = ["wc-learn", "wc-learn-val", "wc-learn-val-slow", "wc-learn-val-ls", "wc-learn-val-ls-g2",
@@ -61,7 +72,8 @@ def headline_table(summaries: dict[str, dict[str, Any]]) -> str:
             continue
         seeds = min((v["n"] for v in s["variants"].values()), default=0)
         deltas = [_interval(s["variants"].get(v, {}).get("vs_baseline")) for v in HEADLINE]
-        cells = [label, str(seeds), _acc(s, "base"), *deltas, _interval(_paired(s, "wc-only", "none"))]
+        cells = [f"{label} ({REGIME[key]})", str(seeds), _acc(s, "base"), *deltas,
+                 _interval(_paired(s, "wc-only", "none"))]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -77,6 +89,81 @@ def learned_table(summaries: dict[str, dict[str, Any]], fixed: str = "wc-fixed")
         if any(c != "—" for c in cells):
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def base_validation_curve(folder: Path, baseline: str = "base") -> dict[str, Any] | None:
+    """Mean validation accuracy per epoch of the baseline's seeds, and the convergence rule on it.
+
+    The rule (issue 10): the gain from epoch E − ⌈E/5⌉ to the last epoch E, in points; a run
+    counts as converged when it trained ≥ 15 epochs and that gain is below CONVERGED_GAIN_PP.
+    """
+    from weight_compander.harness.report import read_metrics
+
+    curves = [[row["val_acc"] for row in read_metrics(path)]
+              for path in sorted((folder / baseline).glob("seed*/metrics.jsonl"))]  # fmt: skip
+    curves = [c for c in curves if c]
+    if not curves or len({len(c) for c in curves}) != 1:
+        return None  # no finished baseline, or seeds at different lengths (an unfinished run)
+    epochs = len(curves[0])
+    mean = [sum(c[e] for c in curves) / len(curves) for e in range(epochs)]
+    start = epochs - math.ceil(epochs / 5)
+    gain = 100 * (mean[-1] - mean[start - 1]) if start >= 1 else None
+    converged = gain is not None and epochs >= 15 and gain < CONVERGED_GAIN_PP
+    return {"seeds": len(curves), "epochs": epochs, "val_acc": mean, "gain_last_fifth_pp": gain,
+            "converged": converged}  # fmt: skip
+
+
+def convergence_table(curves: dict[str, dict[str, Any]]) -> str:
+    """Markdown: per benchmark, the base validation accuracy at the start and end of the last fifth."""
+    lines = ["| benchmark | epochs | seeds | base val acc %, epoch E−⌈E/5⌉ → E | gain, pp | converged "
+             f"(≥ 15 epochs, gain < {CONVERGED_GAIN_PP}) |", "|---|---:|---:|---|---:|---|"]  # fmt: skip
+    for key, c in curves.items():
+        start = c["epochs"] - math.ceil(c["epochs"] / 5)
+        acc = c["val_acc"]
+        span = f"{100 * acc[start - 1]:.2f} → {100 * acc[-1]:.2f}" if start >= 1 else "—"
+        gain = f"{c['gain_last_fifth_pp']:+.2f}" if c["gain_last_fifth_pp"] is not None else "—"
+        lines.append(f"| {BENCHMARKS.get(key, key)} | {c['epochs']} | {c['seeds']} | {span} | {gain} | "
+                     f"{'yes' if c['converged'] else 'no'} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def convergence_figure(curves: dict[str, dict[str, Any]], path: Path) -> None:
+    """Base validation accuracy per epoch, one panel per benchmark, the last fifth shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(2.8 * len(curves) + 0.5, 2.9), squeeze=False)
+    for ax, (key, c) in zip(axes[0], curves.items(), strict=True):
+        epochs = range(1, c["epochs"] + 1)
+        ax.plot(epochs, [100 * a for a in c["val_acc"]], color="C0")
+        ax.axvspan(c["epochs"] - math.ceil(c["epochs"] / 5), c["epochs"], color="grey", alpha=0.2)
+        gain = c["gain_last_fifth_pp"]
+        ax.set_title(f"{BENCHMARKS.get(key, key)}: +{gain:.2f} pp" if gain is not None else key, fontsize=9)
+        ax.set_xlabel("epoch")
+        lo = min(c["val_acc"][len(c["val_acc"]) // 3 :])  # zoom on the tail, where the rule looks
+        ax.set_ylim(100 * lo - 1, 100 * max(c["val_acc"]) + 0.5)
+    axes[0][0].set_ylabel("base val acc, % (mean over seeds)")
+    fig.suptitle("Convergence of the baseline: gain over the last fifth of the epochs (shaded)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def publish_convergence(runs: Path, docs: Path) -> None:
+    """Add the benchmarks found in `runs` to docs/results/convergence.json; redraw table and figure."""
+    store = docs / "convergence.json"
+    curves = json.loads(store.read_text(encoding="utf-8")) if store.exists() else {}
+    for key in BENCHMARKS:
+        curve = base_validation_curve(runs / key) if (runs / key).is_dir() else None
+        if curve is not None:
+            curves[key] = curve
+    if curves:
+        curves = {k: curves[k] for k in BENCHMARKS if k in curves}
+        store.write_text(json.dumps(curves, indent=1) + "\n", encoding="utf-8")
+        (docs / "convergence.md").write_text(convergence_table(curves), encoding="utf-8")
+        convergence_figure(curves, docs / "convergence.png")
 
 
 def headline_figure(summaries: dict[str, dict[str, Any]], path: Path) -> None:
@@ -142,6 +229,7 @@ def main() -> int:
         (docs / "headline.md").write_text(headline_table(summaries))
         (docs / "learned.md").write_text(learned_table(summaries))
         headline_figure(summaries, docs / "headline.png")
+    publish_convergence(runs, docs)
     print(f"published {len(rows)} comparisons to {docs}")
     return 0
 

@@ -44,3 +44,41 @@ def test_headline_from_summaries(tmp_path, monkeypatch):
     learned = (docs / "learned.md").read_text()
     half = 4.303 * 1.0 / 3**0.5
     assert f"| wc-learn | +1.00 [{1 - half:+.2f}, {1 + half:+.2f}] (n=3) |" in learned
+
+
+def _write_curve(folder, seed, accs):
+    run = folder / "base" / f"seed{seed}"
+    run.mkdir(parents=True)
+    rows = [json.dumps({"epoch": e + 1, "val_acc": a}) for e, a in enumerate(accs)]
+    (run / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+
+
+def test_convergence_rule_from_the_baseline_curves(tmp_path):
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    docs.mkdir()
+    # 20 epochs: the last fifth starts after epoch 16. Seed means: epoch 16 -> 0.900, epoch 20 -> 0.9015.
+    flat = [0.5 + 0.02 * e for e in range(15)] + [0.900, 0.9005, 0.901, 0.9012, 0.9015]
+    _write_curve(runs / "f-mlp", 0, [a - 0.001 for a in flat])
+    _write_curve(runs / "f-mlp", 1, [a + 0.001 for a in flat])
+    # 10 epochs, still rising: too short and a gain of 2 points over epochs 8 -> 10
+    _write_curve(runs / "f-nonorm", 0, [0.80 + 0.01 * e for e in range(10)])
+    publish.publish_convergence(runs, docs)
+    curves = json.loads((docs / "convergence.json").read_text())
+    mlp, nonorm = curves["f-mlp"], curves["f-nonorm"]
+    assert mlp["seeds"] == 2 and mlp["epochs"] == 20
+    assert abs(mlp["gain_last_fifth_pp"] - 0.15) < 1e-9 and mlp["converged"]
+    assert abs(nonorm["gain_last_fifth_pp"] - 2.0) < 1e-9 and not nonorm["converged"]
+    table = (docs / "convergence.md").read_text()
+    assert "| F-mlp | 20 | 2 | 90.00 → 90.15 | +0.15 | yes |" in table
+    assert "| F-nonorm | 10 | 1 | 87.00 → 89.00 | +2.00 | no |" in table
+    assert (docs / "convergence.png").stat().st_size > 1000
+    # a later publish with only one benchmark's runs keeps the other's curve
+    (runs / "f-nonorm" / "base" / "seed0" / "metrics.jsonl").unlink()
+    publish.publish_convergence(runs, docs)
+    assert set(json.loads((docs / "convergence.json").read_text())) == {"f-mlp", "f-nonorm"}
+
+
+def test_unfinished_baseline_gives_no_curve(tmp_path):
+    _write_curve(tmp_path, 0, [0.5, 0.6, 0.7])
+    _write_curve(tmp_path, 1, [0.5, 0.6])  # still training
+    assert publish.base_validation_curve(tmp_path) is None
