@@ -115,8 +115,9 @@ class Forks:
         return self.codes[pid]
 
     def close(self) -> None:
-        self.proc.stdin.close()
+        self.proc.kill()  # nothing to finish: every command has been waited for
         self.proc.wait(timeout=30)
+        self.proc.stdin.close()
         self.proc.stdout.close()
 
 

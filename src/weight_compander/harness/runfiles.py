@@ -138,5 +138,5 @@ def os_error_message(err: OSError, command: str | None = None) -> str:
     if code == errno.EISDIR:
         return f"{name} is a folder, not a file; pass a file"
     if code == errno.ENOENT:
-        return f"{name} does not exist"
-    return f"{name}: {err.strerror or err}"
+        return f"{name} does not exist; check the path"
+    return f"{name}: {err.strerror or err}; fix that, {again}"
