@@ -1,4 +1,9 @@
-"""Shared test models and helpers (imported by the library tests; fixtures in conftest.py)."""
+"""Shared test models and helpers (imported by the tests; fixtures in conftest.py)."""
+
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,3 +47,46 @@ def assert_same(a: tuple, b: tuple) -> None:
     assert a[1].keys() == b[1].keys()
     for k in a[1]:
         assert torch.equal(a[1][k], b[1][k]), k
+
+
+@contextmanager
+def held_by_another_process(folder: Path, until: Path | None = None, *, name: str = ".lock",
+                            shared: bool = False):
+    """Lock `folder/name` from a separate, tiny Python process, as another run would (a
+    run folder's .lock) or another `compare` (a comparison's .compare.lock, `shared`).
+
+    The holder keeps the lock until it is killed, or, with `until`, until that file exists.
+    Yields the holder's Popen.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    mode = "LOCK_SH" if shared else "LOCK_EX"
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            f"fcntl.flock(fd, fcntl.{mode}); "
+            "os.write(fd, f'process {os.getpid()} (test holder)'.encode()); "
+            "print('locked', flush=True)\n"
+            "while not (len(sys.argv) > 2 and os.path.exists(sys.argv[2])): time.sleep(0.05)")
+    argv = [sys.executable, "-c", code, str(folder / name), *([str(until)] if until else [])]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def children(pid: int) -> set[int]:
+    """The child processes of `pid` (Linux: from /proc)."""
+    kids = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids |= {int(k) for k in (task / "children").read_text().split()}
+    return kids
+
+
+def alive(pid: int) -> bool:
+    """True while process `pid` runs (a zombie counts as gone; Linux: from /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False

@@ -5,11 +5,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from weight_compander.harness import train
-from weight_compander.harness.cli import main
+from weight_compander.harness.cli import build_parser, config_from_args, default_run_dir, main
 from weight_compander.harness.progress import Progress, resolve_mode
 
 TINY = ["--dataset", "digits", "--model", "mlp", "--epochs", "2", "--batch-size", "64",
@@ -34,10 +35,23 @@ def test_train_end_to_end_with_config_file_and_flag_override(tmp_path, capsys):
     assert len(table) == 2 and len({len(line) for line in table}) == 1  # fixed width
 
 
-def test_default_run_dir(tmp_path, monkeypatch):
+def test_default_run_dirs_never_collide_and_resume_finds_them(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", *TINY, "--epochs", "1", "--seed", "3", "--no-progress"]) == 0
-    assert (tmp_path / "runs" / "digits-mlp-none-seed3" / "final.json").exists()
+    argv = ["train", *TINY, "--epochs", "1", "--seed", "3", "--no-progress"]
+    assert main(argv) == 0
+    (first,) = (tmp_path / "runs").glob("digits-mlp-none-seed3-*")
+    assert (first / "final.json").exists()
+    # other settings never land in the same folder; the same settings find it again
+    assert main([*argv, "--lr", "0.1"]) == 0
+    assert len(list((tmp_path / "runs").glob("digits-mlp-none-seed3-*"))) == 2
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    assert f"{first.relative_to(tmp_path)} is complete" in capsys.readouterr().out
+    # a run made under the older scheme (no settings key) keeps resuming from its folder
+    legacy = first.rename(tmp_path / "runs" / "digits-mlp-none-seed3")
+    cfg = config_from_args(build_parser().parse_args(argv[:-1]))
+    assert default_run_dir(cfg) == Path("runs") / legacy.name
+    assert default_run_dir(cfg.replace(lr=0.1)) != Path("runs") / legacy.name
 
 
 @pytest.mark.parametrize(

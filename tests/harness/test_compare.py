@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from support import held_by_another_process
 from weight_compander.harness import compare, train
 from weight_compander.harness.compare import CompareError, load_comparison, run_comparison
 
@@ -108,10 +109,14 @@ def test_interrupted_run_is_resumed_from_its_checkpoint(tmp_path, monkeypatch):
 
 def test_jobs_2_runs_in_parallel_processes(tmp_path, capsys):
     out = tmp_path / "out"
-    assert cli([str(write_toml(tmp_path)), "--out", str(out), "--jobs", "2", "--no-report"]) == 0
+    # another process trains base seed 0 until wc seed 1 is done: it is left for last
+    with held_by_another_process(out / "base" / "seed0", until=out / "wc" / "seed1" / "final.json"):
+        assert cli([str(write_toml(tmp_path)), "--out", str(out), "--jobs", "2", "--no-report"]) == 0
     printed = capsys.readouterr().out
+    assert "base seed 0: being trained by process" in printed
     lines = [ln for ln in printed.splitlines() if ln.startswith("[")]
     assert len(lines) == 4  # one line per finished run: variant, seed, test acc, time
+    assert lines[-1].startswith("[4/4] base seed 0: test acc")
     assert all(" test acc " in ln and ln.rstrip().endswith(" s)") for ln in lines)
     assert "| wc | 2 | " in printed  # and the table at the end
     summary = json.loads((out / "summary.json").read_text())

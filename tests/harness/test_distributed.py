@@ -73,8 +73,8 @@ def test_two_processes_train_and_only_rank_0_writes(ddp_run):
     run_dir = root / "run"
     assert stdout.count("train digits/mlp") == 1 and "on 2 processes" in stdout
     assert stdout.count("test_acc") == 1  # rank 1 prints nothing
-    assert {p.name for p in run_dir.iterdir()} == {
-        "config.json", "metrics.jsonl", "final.json", "checkpoint.pt", "checkpoint-prev.pt"}
+    assert {p.name for p in run_dir.iterdir()} == {  # .lock: rank 0 holds the run folder
+        "config.json", "metrics.jsonl", "final.json", "checkpoint.pt", "checkpoint-prev.pt", ".lock"}
     assert json.loads((run_dir / "config.json").read_text())["meta"]["processes"] == 2
     state = checkpoint.load(run_dir / "checkpoint.pt")
     assert state["world"] == 2 and state["epoch"] == 16

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from support import alive, children
 from weight_compander.harness import augment, checkpoint, train
 from weight_compander.harness.cli import main
 from weight_compander.harness.config import TrainConfig
@@ -346,20 +347,6 @@ reparam = "wc"
 """
 
 
-def _children(pid: int) -> set[int]:
-    kids = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        kids |= {int(k) for k in (task / "children").read_text().split()}
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc for child processes")
 def test_sigterm_stops_compare_and_its_workers_and_keeps_finished_runs(tmp_path):
     from weight_compander.harness.compare import load_comparison, run_comparison
@@ -375,15 +362,15 @@ def test_sigterm_stops_compare_and_its_workers_and_keeps_finished_runs(tmp_path)
     while not (short / "final.json").exists():
         assert proc.poll() is None and time.monotonic() < end, proc.communicate()
         time.sleep(0.01)
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stdout + stderr
     assert "compare stopped by SIGTERM" in stderr and "re-run the same command" in stderr
     end = time.monotonic() + 10
-    while any(_alive(p) for p in workers) and time.monotonic() < end:
+    while any(alive(p) for p in workers) and time.monotonic() < end:
         time.sleep(0.05)
-    assert len(workers) >= 2 and not any(_alive(p) for p in workers)
+    assert len(workers) >= 2 and not any(alive(p) for p in workers)
 
     # The finished run is complete and intact; the stopped ones left readable checkpoints.
     finished = {p.name: p.read_bytes() for p in short.iterdir()}

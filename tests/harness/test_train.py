@@ -39,7 +39,7 @@ def test_run_writes_the_run_folder(tmp_path):
     run_dir = tmp_path / "r"
     names = {p.name for p in run_dir.iterdir()}
     assert names == {"config.json", "metrics.jsonl", "final.json", "checkpoint.pt",
-                     "checkpoint-prev.pt"}
+                     "checkpoint-prev.pt", ".lock"}  # .lock: held while the run trains
 
     saved = json.loads((run_dir / "config.json").read_text())
     meta = saved.pop("meta")

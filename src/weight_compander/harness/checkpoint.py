@@ -11,14 +11,14 @@ folder's other files (config, metrics, final) the same all-or-nothing writes.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from . import atomic
 
 __all__ = [
     "CHECKPOINT", "PREVIOUS", "CheckpointError", "load", "load_latest", "save", "write_json",
@@ -39,23 +39,36 @@ def save(state: dict[str, Any], run_dir: str | Path) -> Path:
     Why the order: temp file + fsync first, so the rename only ever publishes complete
     data; the directory is fsynced last so the renames themselves survive a power cut.
     A kill between the two renames leaves only ``checkpoint-prev.pt``, which `load_latest`
-    then uses; temp files such a kill leaves behind are removed by the next save.
+    then uses; temp files such a kill leaves behind are removed by the next save (only the
+    process holding the run's lock saves, so none of them is another process's).
+    A write error (a full disk) is an ``OSError`` naming checkpoint.pt; the checkpoints on
+    disk stay as they were.
     """
     run_dir = Path(run_dir)
     path, prev = run_dir / CHECKPOINT, run_dir / PREVIOUS
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=run_dir)
+    fd, tmp = atomic.create_temp(run_dir, prefix=".checkpoint-")  # mode: 0666 minus the umask
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
+            try:
+                torch.save(state, fh)
+            except RuntimeError as err:  # torch reports a failed write as "unexpected pos ..."
+                if isinstance(err.__context__, OSError):
+                    raise err.__context__ from None
+                raise
             fh.flush()
             os.fsync(fh.fileno())
         if path.exists():
             os.replace(path, prev)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno is not None and err.filename in (None, str(tmp)):
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(run_dir)
+    atomic.fsync_dir(run_dir)
     for stale in run_dir.glob(".checkpoint-*.tmp"):  # left by a process killed mid-save
         stale.unlink(missing_ok=True)
     return path
@@ -69,9 +82,8 @@ def load(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, foreign pickle, ...: all mean "do not trust it"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"{path} is not a readable plain-tensor checkpoint ({first}); "
+            f"{path} is not a readable plain-tensor checkpoint ({_reason(err)}); "
             "it may be truncated or contain pickled code, which is refused"
         ) from err
     if not isinstance(state, dict) or "epoch" not in state:
@@ -79,11 +91,27 @@ def load(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def _reason(err: Exception) -> str:
+    """torch's reason, without its advice to retry with weights_only=False.
+
+    That advice is wrong here: it would load random bytes no better, and it would run the
+    code a malicious pickle carries.
+    """
+    text = str(err).strip()
+    if "weights_only" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+        detail = next((ln.strip() for ln in detail.splitlines() if ln.strip()), "")
+        return f"not plain tensors and data: {detail}" if detail else "not plain tensors and data"
+    first = text.splitlines()[0] if text else type(err).__name__
+    return first
+
+
 def load_latest(run_dir: str | Path) -> dict[str, Any] | None:
     """The newest readable checkpoint of a run, or None if the run has none yet.
 
     A corrupt ``checkpoint.pt`` is reported (warning) and the previous one is used; if
-    both exist and neither loads, that is an error rather than a silent restart.
+    both exist and neither loads, that is an error rather than a silent restart, and the
+    message says how to restart on purpose.
     """
     run_dir = Path(run_dir)
     paths = [p for p in (run_dir / CHECKPOINT, run_dir / PREVIOUS) if p.exists()]
@@ -98,37 +126,13 @@ def load_latest(run_dir: str | Path) -> dict[str, Any] | None:
             warnings.warn(f"{errors[0]}; using {p.name} instead", stacklevel=2)
         return state
     if errors:
-        raise CheckpointError("; ".join(errors))
+        names = " and ".join(p.name for p in paths)
+        raise CheckpointError("; ".join(errors) + f". No checkpoint of {run_dir} can be read: "
+                              f"delete {names} to restart the run from its first epoch "
+                              "(its progress is lost)")
     return None
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Atomic write: readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+# The run folder's other files get the same all-or-nothing writes (UTF-8, the user's umask).
+write_text = atomic.write_text
+write_json = atomic.write_json

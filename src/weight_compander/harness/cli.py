@@ -3,7 +3,9 @@
 Each subcommand module exposes ``add_parser(subparsers)``, which registers its options
 and sets ``func`` (args -> exit code). The ``train`` flags are generated from the
 `TrainConfig` fields, so a new setting is a flag and a TOML key without touching this file.
-A bad setting, folder or data file prints one line and exits 2; a diverged run exits 1;
+A bad setting, folder, data file or damaged harness file, a folder another process is
+training, and any OS error (a full disk, a read-only folder) print one line naming the file
+and what to do, and exit 2; console output never fails on the locale; a diverged run exits 1;
 a run stopped by SIGTERM / SIGINT writes a checkpoint and exits 143 / 130. Under torchrun
 (``torchrun --nproc_per_node=N -m weight_compander train ...``) `train` joins the process
 group and trains data-parallel; see docs/distributed.md.
@@ -12,6 +14,7 @@ group and trains data-parallel; see docs/distributed.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -21,8 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from weight_compander.harness import checkpoint, data, distributed
+from weight_compander.harness import checkpoint, data, distributed, runfiles
 from weight_compander.harness.config import ConfigError, TrainConfig, load_config, parse_value
+from weight_compander.harness.membership import differences, settings_key
 from weight_compander.harness.stopping import RunInterrupted
 
 __all__ = ["add_config_flags", "build_parser", "config_from_args", "default_run_dir", "main"]
@@ -33,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     0 ok, 1 run failed, 2 usage/config/data, 130 / 143 stopped by SIGINT / SIGTERM.
     """
+    _safe_console()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -60,11 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         _error(str(err), every_rank=False)
         return 2
-    except (data.DataError, checkpoint.CheckpointError) as err:
+    except (data.DataError, checkpoint.CheckpointError, runfiles.RunFileError) as err:
         _error(str(err))
         return 2
+    except OSError as err:  # a full disk, a read-only folder, ...: which file, and what to do
+        _error(runfiles.os_error_message(err, args.command))
+        return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; continue a run with --resume", file=sys.stderr)
+        again = "continue the run with --resume" if args.command == "train" else (
+            "re-run the same command to continue")
+        print(f"\ninterrupted; {again}", file=sys.stderr)
         return 130
 
 
@@ -76,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure what weight compander does: train runs, compare variants x seeds, "
         "report mean ± std and paired differences.",
     )
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     add_train_parser(subparsers)
     compare.add_parser(subparsers)
     report.add_parser(subparsers)
@@ -93,7 +103,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with TrainConfig keys")
     p.add_argument(
         "--out", metavar="RUN_DIR",
-        help="run folder (default: runs/<dataset>-<model>-<reparam>-seed<seed>)",
+        help="run folder (default: runs/<dataset>-<model>-<reparam>-seed<seed>-<settings key>; "
+        "the key, a hash of the settings, keeps runs with other settings apart)",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
@@ -131,7 +142,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def default_run_dir(cfg: TrainConfig, root: str | Path = "runs") -> Path:
-    return Path(root) / f"{cfg.dataset}-{cfg.model}-{cfg.reparam}-seed{cfg.seed}"
+    """``runs/<dataset>-<model>-<reparam>-seed<seed>-<settings key>`` (membership.settings_key).
+
+    The same settings and seed give the same folder (so ``--resume`` finds it), other
+    settings another one, so runs never collide. A folder of the older scheme (no key)
+    that holds this very run is used instead, so runs started before keep resuming.
+    """
+    name = f"{cfg.dataset}-{cfg.model}-{cfg.reparam}-seed{cfg.seed}"
+    path, legacy = Path(root) / f"{name}-{settings_key(cfg)}", Path(root) / name
+    if not path.exists() and (legacy / "config.json").exists():
+        try:
+            if not differences(runfiles.read_config(legacy / "config.json"), cfg):
+                return legacy
+        except (runfiles.RunFileError, OSError):
+            pass
+    return path
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -142,6 +167,19 @@ def _train(args: argparse.Namespace) -> int:
     with distributed.process_group():  # only under torchrun; a no-op otherwise
         run(cfg, out, resume=args.resume, progress=not args.no_progress)
     return 0
+
+
+def _safe_console() -> None:
+    """Never crash on the locale: characters the console cannot encode are escaped instead.
+
+    Under ``LC_ALL=C PYTHONUTF8=0`` (or a Latin-1 locale) stdout is ASCII (Latin-1), and the
+    tables' "±" and "Δ" would raise UnicodeEncodeError after all the work is done.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):  # a stream that cannot be reconfigured
+                stream.reconfigure(errors="backslashreplace")
 
 
 def _error(message: str, *, every_rank: bool = True, label: str | None = "error") -> None:

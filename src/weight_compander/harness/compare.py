@@ -15,18 +15,21 @@ A comparison TOML names the seeds, the baseline, the settings shared by all vari
     wc_learnable = true
 
 Every variant runs with every seed, so differences to the baseline are paired (same data
-order and init). A run is complete iff its `final.json` exists: re-running skips complete
-runs and resumes any run that left a checkpoint, so an interrupted comparison continues
-where it stopped. SIGTERM / SIGINT (Ctrl-C) stop a comparison cleanly: queued runs do not
-start, running ones finish their step and write a checkpoint, the workers exit, and the
-command exits 143 / 130; a second signal kills the workers at once.
+order and init). A run is complete iff its `final.json` is valid (and its config.json is
+there): re-running skips complete runs and resumes any other, so an interrupted comparison
+continues where it stopped. Each run is trained under its folder's lock, so two `compare`s
+of one comparison on one folder train every run once (runlock.py); summary.json and the
+report count exactly the runs that belong to the comparison as it is now (membership.py).
+SIGTERM / SIGINT (Ctrl-C) stop a comparison cleanly: queued runs do not start, running
+ones finish their step and write a checkpoint, the workers exit, and the command exits
+143 / 130; a second signal kills the workers at once, and if `compare` itself dies, its
+workers stop and exit on their own (parentwatch.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import json
 import multiprocessing
 import os
 import re
@@ -39,12 +42,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import atomic, membership, parentwatch, runfiles, runlock
 from .config import ConfigError, TrainConfig, read_toml
 from .stopping import RunInterrupted, StopRequest
 
 STOPPED = ("compare stopped by {signal}; finished runs are kept and interrupted ones have a "
            "checkpoint: re-run the same command to continue")
 
+FIX_SUMMARY = ("delete it: the next `compare` writes a new one (the record of earlier invocations "
+               "and their CPU time is lost)")
 TOP_KEYS = ("name", "description", "seeds", "baseline", "defaults", "variants")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -155,12 +161,8 @@ def _check_existing(comparison: Comparison, out: Path) -> None:
             if not path.exists():
                 continue
             want = comparison.config(variant, seed).resolved()
-            try:
-                have = TrainConfig.from_json(path.read_text()).resolved()
-            except (ValueError, KeyError) as err:
-                raise CompareError(f"{path} cannot be read ({err}); delete {path.parent} to "
-                                   "re-run it") from None
-            changed = [k for k in have.diff(want) if k != "threads"]
+            have = runfiles.read_config(path).resolved()
+            changed = membership.differences(have, want)
             if changed:
                 what = ", ".join(f"{k}: {getattr(have, k)!r} -> {getattr(want, k)!r}"
                                  for k in changed)
@@ -172,15 +174,18 @@ def _check_existing(comparison: Comparison, out: Path) -> None:
 
 
 _worker_stop: StopRequest | None = None  # in a worker process: set once a stop signal came
+_running = False  # in a worker process: a run is in progress (for the parent watchdog)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
     """Split the cores between parallel runs instead of letting each take all of them.
 
     A worker records SIGTERM / SIGINT rather than dying, so a stopping comparison starts
     no new run in it; a run in progress has its own handler (train.run) and checkpoints.
+    If the `compare` process dies however it dies, the worker stops and exits (parentwatch).
     """
     global _worker_stop
+    parentwatch.watch_parent(parent, lambda: _running)  # first: also while torch imports
     import torch
 
     from . import train  # noqa: F401  (imported here, so a run's time is the run's own)
@@ -189,29 +194,51 @@ def _init_worker(threads: int) -> None:
     _worker_stop = StopRequest().__enter__()  # for the worker's lifetime
 
 
-def _run_one(
-    config: TrainConfig, run_dir: str, resume: bool, progress: bool | str
-) -> dict[str, Any]:
-    """Train one run; never raises an ordinary exception, so one failure stops no other run."""
-    from . import train
-
-    start = time.perf_counter()
+def _check_stop(run_dir: str) -> None:
+    """While waiting for another process's run: give up if this worker was told to stop."""
     if _worker_stop is not None and _worker_stop.signum is not None:
         raise RunInterrupted(_worker_stop.signum, f"{run_dir} not started: stopping")
-    (Path(run_dir) / "error.log").unlink(missing_ok=True)  # from an earlier failed attempt
+
+
+def _run_one(
+    config: TrainConfig, run_dir: str, progress: bool | str, wait: bool = False
+) -> dict[str, Any]:
+    """Train one run under its folder's lock; never raises an ordinary exception, so one
+    failed run stops no other (an OSError, e.g. a full disk, does: it is not the run's fault).
+
+    Returns {"busy": holder} if another process trains the run and `wait` is off, and
+    "trained": False if the run turned out finished (by another process) once locked.
+    """
+    from . import train
+
+    global _running
+    start = time.perf_counter()
+    _check_stop(run_dir)
     try:
-        final = train.run(config, Path(run_dir), resume=resume, progress=progress)
+        with runlock.run_lock(run_dir, wait=wait, stop=lambda: _check_stop(run_dir)):
+            done, _ = runfiles.read_final(run_dir)
+            if done is not None and (Path(run_dir) / "config.json").exists():
+                return {"ok": True, "trained": False, "test_acc": float(done["test_acc"]),
+                        "seconds": time.perf_counter() - start}
+            (Path(run_dir) / "error.log").unlink(missing_ok=True)  # from an earlier failed attempt
+            _running = True
+            try:  # resume: continues a checkpoint if there is one, else starts the run
+                final = train.run(config, Path(run_dir), resume=True, progress=progress)
+            finally:  # (a finished run without config.json only gets it restored)
+                _running = False
+    except runlock.RunBusyError as err:
+        return {"busy": err.holder}
     except RunInterrupted as err:
         if _worker_stop is not None:
             _worker_stop.signum = err.signum  # this worker starts nothing else
         raise
+    except OSError:
+        raise
     except Exception as err:
-        tb = traceback.format_exc()
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(run_dir) / "error.log").write_text(tb)
+        atomic.write_text(Path(run_dir) / "error.log", traceback.format_exc())
         return {"ok": False, "error": f"{type(err).__name__}: {err}",
                 "seconds": time.perf_counter() - start}
-    return {"ok": True, "test_acc": float(final["test_acc"]),
+    return {"ok": True, "trained": done is None, "test_acc": float(final["test_acc"]),
             "seconds": time.perf_counter() - start}
 
 
@@ -252,63 +279,119 @@ def run_comparison(
 ) -> dict[str, Any]:
     """Run every missing (variant, seed), then write summary.json (and the report).
 
+    Several `compare`s of the same comparison may work on one folder at once: each trains
+    the runs no other process is training, then waits for the rest (runlock.py), so every
+    run is trained once. A different comparison on a folder in use is refused.
+
     Returns the summary; its "failed" list names the runs that raised.
     """
     out = Path(out)
     if jobs < 1:
         raise CompareError(f"--jobs must be >= 1, got {jobs}")
-    _check_existing(comparison, out)
+    if out.exists() and not out.is_dir():
+        raise CompareError(f"--out {out} is a file, not a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(comparison.to_dict(), indent=2) + "\n")
+    with runlock.ComparisonLock(out) as session:
+        _set_up(comparison, out, session)
+        return _run_comparison(comparison, out, jobs, progress, report, log)
+
+
+def _set_up(comparison: Comparison, out: Path, session: runlock.ComparisonLock) -> None:
+    """Check the folder before any run, then publish the comparison as compare.json."""
+    if session.others:  # another compare works here: join it only for the same comparison
+        theirs = membership.load_comparison_info(out)
+        mine = membership.comparison_info(comparison.to_dict(), out / "compare.json")
+        why = theirs.differs_from(mine) if theirs is not None else None
+        if why:
+            raise CompareError(f"{out} is in use by another compare of a different comparison "
+                               f"({why}), started by {session.holder()}; wait for it to finish, "
+                               "or pass another --out")
+    _check_existing(comparison, out)
+    _previous_invocations(out)  # a damaged summary.json stops us before any run
+    atomic.write_json(out / "compare.json", comparison.to_dict())
+    session.set_up()
+
+
+def _finished(run_dir: Path) -> bool:
+    """A valid final.json and a config.json (a missing one is restored by resuming)."""
+    return runfiles.read_final(run_dir)[0] is not None and (run_dir / "config.json").exists()
+
+
+def _run_comparison(
+    comparison: Comparison, out: Path, jobs: int, progress: bool, report: bool, log: Any
+) -> dict[str, Any]:
     # Seed-major order: an interrupted comparison has complete paired sets early.
     every = [(v, s) for s in comparison.seeds for v in comparison.variants]
-    todo = [(v, s) for v, s in every if not (run_dir_of(out, v, s) / "final.json").exists()]
+    todo = [(v, s) for v, s in every if not _finished(run_dir_of(out, v, s))]
     jobs = min(jobs, max(1, len(todo)))
     log(f"compare {comparison.name}: {len(comparison.variants)} variants x "
         f"{len(comparison.seeds)} seeds = {len(every)} runs; {len(every) - len(todo)} already "
         f"finished, {len(todo)} to run ({jobs} at a time) in {out}")
     start_wall, start_cpu = time.perf_counter(), os.times()
     failed: list[dict[str, Any]] = []
+    count = {"done": 0, "trained": 0}
 
-    def finished(i: int, variant: str, seed: int, result: dict[str, Any]) -> None:
-        head = f"[{i}/{len(todo)}] {variant} seed {seed}:"
-        if result["ok"]:
+    def finished(variant: str, seed: int, result: dict[str, Any]) -> bool:
+        """Log a run's outcome; False if another process is training it (wait for it later)."""
+        if "busy" in result:
+            log(f"{variant} seed {seed}: being trained by {result['busy']}; waiting for it "
+                "after the other runs")
+            return False
+        count["done"] += 1
+        head = f"[{count['done']}/{len(todo)}] {variant} seed {seed}:"
+        if result["ok"] and not result["trained"]:
+            log(f"{head} already finished (by another process), test acc {100 * result['test_acc']:.2f}%")
+        elif result["ok"]:
+            count["trained"] += 1
             log(f"{head} test acc {100 * result['test_acc']:.2f}%  ({result['seconds']:.0f} s)")
         else:
             path = run_dir_of(out, variant, seed) / "error.log"
             log(f"{head} FAILED after {result['seconds']:.0f} s: {result['error']} (see {path})")
             failed.append({"variant": variant, "seed": seed, "error": result["error"]})
+        return True
 
-    def job(variant: str, seed: int) -> tuple[TrainConfig, str, bool]:
+    def job(variant: str, seed: int) -> tuple[TrainConfig, str]:
         # An existing folder was interrupted: resume continues from its checkpoint (or
         # starts over if it stopped before the first one); its config was checked above.
-        run_dir = run_dir_of(out, variant, seed)
-        return comparison.config(variant, seed), str(run_dir), run_dir.exists()
+        return comparison.config(variant, seed), str(run_dir_of(out, variant, seed))
 
+    # Two rounds: first every run nobody else holds, then (wait=True) the ones others held.
+    pending, wait = todo, False
     if jobs == 1:
         with StopRequest(immediate=STOPPED):  # between runs; a run stops itself (train.run)
             try:
-                for i, (variant, seed) in enumerate(todo, 1):
-                    result = _run_one(*job(variant, seed), progress if progress else "quiet")
-                    finished(i, variant, seed, result)
+                while pending:
+                    later = [(v, s) for v, s in pending if not finished(
+                        v, s, _run_one(*job(v, s), progress if progress else "quiet", wait))]
+                    pending, wait = later, True
             except RunInterrupted as err:  # from a run (after its checkpoint) or between runs
                 if err.message.startswith("compare stopped"):
                     raise
-                raise _stopped(err.signum, err.message) from None
+                from .train import RESUME_HINT  # compare has no --resume: re-running continues
+
+                raise _stopped(err.signum, err.message.removesuffix(RESUME_HINT)) from None
     elif todo:
         ctx = multiprocessing.get_context("spawn")
         threads = max(1, _cores() // jobs)
         others = set(multiprocessing.active_children())
         with StopRequest(immediate=STOPPED) as stop, cf.ProcessPoolExecutor(
-                jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {pool.submit(_run_one, *job(v, s), "quiet"): (v, s) for v, s in todo}
+                jobs, mp_context=ctx, initializer=_init_worker,
+                initargs=(threads, os.getpid())) as pool:
             try:
-                for i, fut in enumerate(cf.as_completed(futures), 1):
-                    try:
-                        result = fut.result()
-                    except Exception as err:  # the worker process died (e.g. out of memory)
-                        result = {"ok": False, "error": f"worker died: {err!r}", "seconds": 0.0}
-                    finished(i, *futures[fut], result)
+                while pending:
+                    futures = {pool.submit(_run_one, *job(v, s), "quiet", wait): (v, s)
+                               for v, s in pending}
+                    pending, wait = [], True
+                    for fut in cf.as_completed(futures):
+                        try:
+                            result = fut.result()
+                        except OSError:  # the disk or a folder, not the run: stop, name the file
+                            _stop_workers(pool, stop, others)
+                            raise
+                        except Exception as err:  # the worker process died (e.g. out of memory)
+                            result = {"ok": False, "error": f"worker died: {err!r}", "seconds": 0.0}
+                        if not finished(*futures[fut], result):
+                            pending.append(futures[fut])
             except KeyboardInterrupt as err:  # RunInterrupted: a stop signal, here or in a worker
                 log("stopping: running runs finish their step and write a checkpoint "
                     "(a second Ctrl-C kills them)")
@@ -316,18 +399,35 @@ def run_comparison(
                 raise _stopped(getattr(err, "signum", signal.SIGINT)) from None
     end_cpu = os.times()
     cpu = sum(end_cpu[:4]) - sum(start_cpu[:4])
-    summary = write_summary(comparison, out, failed=failed, trained=len(todo),
-                            wall_time=time.perf_counter() - start_wall, cpu_time=cpu)
+    with runlock.write_lock(out):  # two compares finishing at once: neither record is lost
+        summary = write_summary(comparison, out, failed=failed, trained=count["trained"],
+                                wall_time=time.perf_counter() - start_wall, cpu_time=cpu)
     if report and summary["variants"]:
         from .report import write_report
 
         try:
             log(f"report: {write_report(out)}")
+        except (OSError, runfiles.RunFileError):  # the disk or a damaged file: one line, exit 2
+            raise
         except Exception as err:  # the runs are safe; say what broke and how to retry
             log(f"report failed ({type(err).__name__}: {err}); retry with "
                 f"`weight-compander report {out}`")
             summary["failed"].append({"variant": None, "seed": None, "error": f"report: {err}"})
     return summary
+
+
+def _previous_invocations(out: Path) -> list[dict[str, Any]]:
+    """The invocation records of summary.json (every earlier `compare` on this folder)."""
+    path = out / "summary.json"
+    if not path.exists():
+        return []
+    data = runfiles.read_json(path, FIX_SUMMARY)
+    invocations = data.get("invocations", []) if isinstance(data, dict) else None
+    if not isinstance(invocations, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("wall_time"), int | float)
+            and isinstance(i.get("cpu_time"), int | float) for i in invocations):
+        raise runfiles.RunFileError(f"{path} is not a comparison summary; {FIX_SUMMARY}")
+    return invocations
 
 
 def write_summary(
@@ -339,14 +439,14 @@ def write_summary(
     wall_time / cpu_time are totals over every `compare` invocation on this folder (each is
     listed under "invocations"), so a comparison finished in several sessions still records
     what it cost; runs_cpu_time is the training runs' own CPU time from their final.json.
+    A read-modify-write: call it holding ``runlock.write_lock(out)``.
     """
     from .report import find_runs, summarize
 
     runs, _ = find_runs(out)
     runs = [r for r in runs if r.variant in comparison.variants and r.seed in comparison.seeds]
     done = {(r.variant, r.seed) for r in runs}
-    previous = out / "summary.json"
-    invocations = json.loads(previous.read_text()).get("invocations", []) if previous.exists() else []
+    invocations = _previous_invocations(out)
     invocations.append({"finished": datetime.now(UTC).isoformat(timespec="seconds"),
                         "runs_trained": trained, "wall_time": wall_time, "cpu_time": cpu_time})
     summary = {
@@ -362,7 +462,7 @@ def write_summary(
         "runs_cpu_time": sum(float(r.final.get("cpu_time") or 0.0) for r in runs),
         "invocations": invocations,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic.write_json(out / "summary.json", summary)
     return summary
 
 
@@ -376,11 +476,14 @@ def _main(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if summary["variants"]:
-        from .report import find_runs, markdown_tables
+        from .report import ignored_line, markdown_tables, scan_runs
 
-        runs = [r for r in find_runs(out)[0]
+        scan = scan_runs(out)
+        runs = [r for r in scan.runs
                 if r.variant in comparison.variants and r.seed in comparison.seeds]
         print("\n" + markdown_tables(runs, comparison.baseline))
+        if ignored_line(scan, Path(out)):
+            print(ignored_line(scan, Path(out)))
     if summary["failed"]:
         print(f"{len(summary['failed'])} run(s) failed; fix the cause and re-run the same "
               "command: finished runs are skipped")

@@ -186,8 +186,16 @@ def read_toml(path: str | Path, error: type[ValueError], what: str) -> dict[str,
             return tomllib.load(fh)
     except FileNotFoundError:
         raise error(f"{what} {path} not found") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a folder; pass the path of a TOML file") from None
+    except UnicodeDecodeError as err:
+        raise error(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at position "
+                    f"{err.start}); TOML files are UTF-8: save it as UTF-8 (e.g. `iconv -f "
+                    "latin1 -t utf-8`)") from None
     except tomllib.TOMLDecodeError as err:
         raise error(f"{path}: not valid TOML ({err})") from None
+    except OSError as err:
+        raise error(f"cannot read {what} {path} ({err.strerror or err})") from None
 
 
 # ---------------------------------------------------------------- type checks

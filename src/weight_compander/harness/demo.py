@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from .compare import CompareError, comparison_from_dict, run_comparison
+from .config import read_toml
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"  # the repository's configs/ folder
 IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -55,12 +55,10 @@ def demo_config(
                     "`weight-compander demo`")
     else:
         note = f"comparison: {config}"
-    try:
-        with open(config, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
+    if not Path(config).exists():
         raise CompareError(f"demo comparison {config} not found; run the demo from a clone of "
-                           "the repository (it reads configs/), or pass --config") from None
+                           "the repository (it reads configs/), or pass --config")
+    data = read_toml(config, CompareError, "demo comparison")
     if quick:
         data["name"] = f"{data.get('name', 'demo')}-quick"
         data["defaults"] = {**data.get("defaults", {}), "epochs": 1}

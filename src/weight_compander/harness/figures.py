@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from weight_compander.defaults import NEAR_ZERO  # |w| < NEAR_ZERO * s is "near zero"
 
+from . import atomic
+
 if TYPE_CHECKING:
     from .report import Run
 
@@ -30,6 +32,12 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Write a PNG atomically: a report never shows a half-written figure."""
+    with atomic.open_atomic(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
 
 
 def accuracy_figure(order: Sequence[str], summary: dict, base: str | None, path: Path) -> None:
@@ -54,7 +62,7 @@ def accuracy_figure(order: Sequence[str], summary: dict, base: str | None, path:
     ax.set_xticks(range(len(order)), order, rotation=20)
     ax.set_ylabel("final test accuracy % (mean ± std; dots: seeds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -83,7 +91,7 @@ def curves_figure(order: Sequence[str], runs: Sequence[Run], path: Path) -> None
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -175,7 +183,7 @@ def hyper_figure(series: dict, path: Path) -> list[str]:
         fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(6, len(legend)), fontsize=7)
     fig.suptitle("learned compander hyperparameters per tensor (mean over seeds)", fontsize=10)
     fig.tight_layout(rect=(0, 0.08 if len(tensors) <= 12 else 0, 1, 1))
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return rows
 
@@ -299,6 +307,6 @@ def weight_figure(runs: Sequence[Run], order: Sequence[str], layer: str | None, 
             ax.set_ylabel("density")
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return rows

@@ -9,8 +9,8 @@ seed-to-seed noise cancels in the difference. The figures are drawn by figures.p
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import os
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
@@ -20,14 +20,26 @@ from typing import Any
 
 from weight_compander.defaults import NEAR_ZERO  # |w| < NEAR_ZERO * s is "near zero"
 
-from . import figures
+from . import atomic, figures, runlock
+from .membership import FIX_COMPARE_JSON, ComparisonInfo, config_label, load_comparison_info
+from .runfiles import (
+    FIX_CONFIG,
+    RUN_FILES,
+    RunFileError,
+    parse_config,
+    read_final,
+    read_json,
+    read_jsonl,
+)
 
 CONFIDENCE = 0.95  # of the paired-difference intervals
+FIX_METRICS = ("delete {run}/final.json and resume the run (`compare` again, or `train --resume`): "
+               "it rewrites metrics.jsonl from the checkpoint")
 
 
 @dataclass
 class Run:
-    """One complete run folder (final.json exists) and what `report` needs from it."""
+    """One finished run folder (a valid final.json) and what `report` needs from it."""
 
     path: Path
     root: Path  # the comparison folder the run belongs to (has compare.json), or RUNS_DIR
@@ -38,18 +50,29 @@ class Run:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class RunScan:
+    """What `scan_runs` found: the runs to report, and every other run folder with its reason."""
+
+    runs: list[Run]
+    incomplete: list[Path]  # run folders that belong but have not finished
+    ignored: list[tuple[Path, str]]  # run folders that do not belong, and why
+    why: dict[Path, str] = field(default_factory=dict)  # why an incomplete run is not finished
+
+
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    return read_json(path, FIX_COMPARE_JSON)  # compare.json
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Per-epoch rows of metrics.jsonl; the last row wins if an epoch repeats (after a resume)."""
     rows: dict[int, dict[str, Any]] = {}
     if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows[int(row["epoch"])] = row
+        for row in read_jsonl(path, FIX_METRICS.format(run=path.parent)):
+            if not isinstance(row.get("epoch"), int):
+                raise RunFileError(f"{path}: a line has no epoch number; "
+                                   + FIX_METRICS.format(run=path.parent))
+            rows[int(row["epoch"])] = row
     return [rows[k] for k in sorted(rows)]
 
 
@@ -62,26 +85,66 @@ def _comparison_root(run_dir: Path, runs_dir: Path) -> Path:
     return runs_dir
 
 
+def _run_folders(runs_dir: Path) -> list[Path]:
+    """Every folder below `runs_dir` (itself included) that holds a run's files."""
+    found = []
+    for folder, dirs, files in os.walk(runs_dir):
+        dirs.sort()
+        if set(RUN_FILES) & set(files):
+            found.append(Path(folder))
+    return sorted(found)
+
+
 def find_runs(runs_dir: str | Path) -> tuple[list[Run], list[Path]]:
-    """All complete runs below `runs_dir`, and the run folders that have not finished."""
+    """The finished runs to report below `runs_dir`, and the run folders not finished yet."""
+    scan = scan_runs(runs_dir)
+    return scan.runs, scan.incomplete
+
+
+def scan_runs(runs_dir: str | Path) -> RunScan:
+    """Sort every run folder below `runs_dir` into reported, unfinished and ignored.
+
+    Below a compare.json only the runs that belong to that comparison as it is now count
+    (membership.py); other runs are grouped by configuration (their variant name is
+    `membership.config_label`), and a second folder with the same settings and seed is
+    ignored as a duplicate.
+    """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"{runs_dir} is not a folder; pass the --out folder of a compare")
-    runs, incomplete = [], []
-    for config_path in sorted(runs_dir.rglob("config.json")):
-        run_dir = config_path.parent
-        if not (run_dir / "final.json").exists():
-            incomplete.append(run_dir)
-            continue
+    scan = RunScan([], [], [])
+    infos: dict[Path, ComparisonInfo | None] = {}
+    seen: dict[tuple[Path, str, int], Path] = {}
+    for run_dir in _run_folders(runs_dir):
         root = _comparison_root(run_dir, runs_dir)
-        rel = run_dir.parent.relative_to(root) if run_dir != root else Path(".")
-        variant = root.name if str(rel) == "." else rel.as_posix()
-        config = _read_json(config_path)
-        final = _read_json(run_dir / "final.json")
-        seed = int(final.get("seed", config.get("seed", 0)))
+        if root not in infos:
+            infos[root] = load_comparison_info(root)
+        info = infos[root]
+        if not (run_dir / "config.json").exists():
+            scan.incomplete.append(run_dir)
+            scan.why[run_dir] = "config.json is missing; `compare` or `train --resume` restores it"
+            continue
+        raw = read_json(run_dir / "config.json", FIX_CONFIG)
+        config = parse_config(raw, run_dir / "config.json")
+        reason = info.why_not_member(run_dir, config) if info is not None else None
+        if reason is not None:
+            scan.ignored.append((run_dir, reason))
+            continue
+        final, problem = read_final(run_dir)
+        if final is None:
+            scan.incomplete.append(run_dir)
+            if problem != "no final.json":
+                scan.why[run_dir] = f"{problem}; resuming the run writes it again"
+            continue
+        variant = run_dir.parent.name if info is not None else config_label(config)
+        key = (root, variant, config.seed)
+        if key in seen:
+            scan.ignored.append((run_dir, f"same settings and seed as {seen[key]}"))
+            continue
+        seen[key] = run_dir
         metrics = read_metrics(run_dir / "metrics.jsonl")
-        runs.append(Run(run_dir, root, variant, seed, config, final, metrics))
-    return runs, incomplete
+        scan.runs.append(Run(run_dir, root, variant, config.seed, raw, final, metrics))
+    return scan
 
 
 # --------------------------------------------------------------------------- statistics
@@ -273,22 +336,32 @@ INTRO = (
 
 
 def write_report(runs_dir: str | Path, *, baseline: str | None = None, layer: str | None = None) -> Path:
-    """Write RUNS_DIR/report.md and RUNS_DIR/figures/*.png; return the path of report.md."""
+    """Write RUNS_DIR/report.md and RUNS_DIR/figures/*.png; return the path of report.md.
+
+    Every file is replaced atomically, and two reports on one folder take turns
+    (``.write.lock``), so report.md and its figures always come from one scan.
+    """
     runs_dir = Path(runs_dir)
-    runs, incomplete = find_runs(runs_dir)
+    scan = scan_runs(runs_dir)
+    runs = scan.runs
     if not runs:
         raise FileNotFoundError(
             f"no finished runs (final.json) below {runs_dir}; run "
-            "`weight-compander compare CONFIG.toml` first"
+            "`weight-compander compare CONFIG.toml` first" + _ignored_note(scan, runs_dir)
         )
     names = {r.variant for r in runs}
     if baseline is not None and baseline not in names:
         raise ValueError(
             f"--baseline {baseline!r} is not a variant here; choose one of: " + ", ".join(sorted(names))
         )
+    with runlock.write_lock(runs_dir):
+        return _write_report(runs_dir, scan, baseline, layer)
+
+
+def _write_report(runs_dir: Path, scan: RunScan, baseline: str | None, layer: str | None) -> Path:
     figdir = runs_dir / "figures"
     figdir.mkdir(exist_ok=True)
-    roots = _by_root(runs)
+    roots = _by_root(scan.runs)
     lines = [f"# Report: {runs_dir.resolve().name}", "", INTRO, ""]
     for root, rruns in roots.items():
         rel = root.relative_to(runs_dir).as_posix().replace("/", "-")
@@ -321,15 +394,48 @@ def write_report(runs_dir: str | Path, *, baseline: str | None = None, layer: st
         if series:
             rows = figures.hyper_figure(series, figdir / f"{prefix}wc-hyper.png")
             lines += [f"![learned WC hyperparameters](figures/{prefix}wc-hyper.png)", "", *rows, ""]
-    if incomplete:
+    lines += other_folders(scan, runs_dir)
+    path = runs_dir / "report.md"
+    atomic.write_text(path, "\n".join(lines))
+    return path
+
+
+def other_folders(scan: RunScan, runs_dir: Path) -> list[str]:
+    """Markdown lines naming the unfinished and the ignored run folders (empty if none)."""
+    lines = []
+    if scan.incomplete:
         lines += [
-            "Unfinished run folders (no final.json; not in the tables): "
-            + ", ".join(f"`{p.relative_to(runs_dir)}`" for p in incomplete),
+            "Unfinished run folders (not in the tables): "
+            + ", ".join(f"`{_rel(p, runs_dir)}`" + (f" ({scan.why[p]})" if p in scan.why else "")
+                        for p in scan.incomplete),
             "",
         ]
-    path = runs_dir / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    if scan.ignored:
+        lines += [
+            "Ignored run folders (not part of the comparison as it is now; not in the tables): "
+            + ", ".join(f"`{_rel(p, runs_dir)}` ({why})" for p, why in scan.ignored),
+            "",
+        ]
+    return lines
+
+
+def ignored_line(scan: RunScan, runs_dir: Path) -> str | None:
+    """One console line naming the run folders a report or summary left out, or None."""
+    if not scan.ignored:
+        return None
+    names = ", ".join(_rel(p, runs_dir) for p, _ in scan.ignored)
+    return (f"ignored {len(scan.ignored)} run folder(s) that are not part of the comparison as "
+            f"it is now: {names} (reasons in {runs_dir / 'report.md'})")
+
+
+def _ignored_note(scan: RunScan, runs_dir: Path) -> str:
+    if not scan.ignored:
+        return ""
+    return "; ignored: " + ", ".join(f"{_rel(p, runs_dir)} ({why})" for p, why in scan.ignored)
+
+
+def _rel(path: Path, runs_dir: Path) -> str:
+    return path.relative_to(runs_dir).as_posix() if path != runs_dir else "."
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -338,8 +444,10 @@ def _main(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    runs, _ = find_runs(args.runs_dir)
-    print(markdown_tables(runs, args.baseline))
+    scan = scan_runs(args.runs_dir)
+    print(markdown_tables(scan.runs, args.baseline))
+    if ignored_line(scan, Path(args.runs_dir)):
+        print(ignored_line(scan, Path(args.runs_dir)))
     print(f"report: {path}")
     return 0
 

@@ -14,6 +14,7 @@ only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 import weight_compander as wc
-from weight_compander.harness import augment, checkpoint, data, distributed, models, peers
+from weight_compander.harness import augment, checkpoint, data, distributed, models, peers, runfiles, runlock
 from weight_compander.harness.config import BILEVEL_HYPER_LR, ConfigError, TrainConfig
 from weight_compander.harness.progress import Progress
 from weight_compander.harness.stopping import RunInterrupted, StopRequest, signal_name
@@ -41,6 +42,9 @@ __all__ = [
     "NonFiniteLossError", "RunFolderError", "RunInterrupted", "build_model", "evaluate",
     "load_model", "run",
 ]
+
+
+RESUME_HINT = ". Continue with --resume (same settings and --out)"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -73,32 +77,30 @@ def run(
         progress: True: bars on a terminal, plain lines elsewhere; False: plain lines;
             "quiet": no output.
 
+    The run folder is locked for the run's life (runlock.py): a folder another process
+    is training is refused with `runlock.RunBusyError`.
+
     Raises:
         ConfigError / RunFolderError / data.DataError: bad settings, folder or data.
+        runlock.RunBusyError: another process is training this run folder.
+        runfiles.RunFileError: a damaged config.json (the message says what to do).
+        OSError: the disk or the folder (e.g. full, read-only), naming the file.
         NonFiniteLossError: the loss became NaN/inf (naming epoch and step).
         RunInterrupted: SIGTERM / SIGINT arrived; the run stopped after the current step
             and wrote a checkpoint that `resume` continues from.
     """
-    with StopRequest() as stop:
-        return _run(config.resolved(), Path(run_dir), resume, progress, stop)
+    with StopRequest() as stop, contextlib.ExitStack() as held:  # held: the run folder's lock
+        return _run(config.resolved(), Path(run_dir), resume, progress, stop, held)
 
 
 def _run(
-    cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | str, stop: StopRequest
+    cfg: TrainConfig, run_dir: Path, resume: bool, progress: bool | str, stop: StopRequest,
+    held: contextlib.ExitStack,
 ) -> dict[str, Any]:
     rank, world = distributed.rank_world()
     out = Progress(progress if rank == 0 else "quiet")
     distributed.check_batch_size(cfg.batch_size, world)
-    opened: Any = None
-    if rank == 0:  # only rank 0 touches the folder; the other ranks get what it found
-        try:
-            opened = _open_run_dir(cfg, run_dir, resume)
-        except (ConfigError, checkpoint.CheckpointError) as err:
-            opened = err
-    opened = distributed.broadcast(opened)
-    if isinstance(opened, Exception):
-        raise opened
-    state, done = opened
+    state, done = _open_shared(cfg, run_dir, resume, rank, held)
     if done is not None:
         out.line(f"{run_dir} is complete; final metrics from {run_dir / 'final.json'}")
         return done
@@ -186,7 +188,7 @@ def _run(
         if state is None:
             meta = _meta(shape, ds, companded, world)
             checkpoint.write_json(run_dir / "config.json", {**cfg.to_dict(), "meta": meta})
-        checkpoint.write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        _write_metrics(run_dir, history)
     where = f" from epoch {start + 1}, step {step + position['index']}" if position else ""
     out.line(
         f"{'resume' if state else 'train'} {cfg.dataset}/{cfg.model} reparam={cfg.reparam} "
@@ -293,8 +295,7 @@ def _run(
         }
         history.append(record)
         if rank == 0:
-            with open(run_dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            _write_metrics(run_dir, history)
         save(epoch, step, order_gen.get_state())
         out.row(record)
         if epoch < cfg.epochs and distributed.any_rank(stop.signum is not None):
@@ -383,13 +384,35 @@ def load_model(run_dir: str | Path) -> nn.Module:
 # ---------------------------------------------------------------- helpers
 
 
+def _open_shared(
+    cfg: TrainConfig, run_dir: Path, resume: bool, rank: int, held: contextlib.ExitStack
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Rank 0 locks the run folder (until `held` closes) and checks it; every rank gets the
+    result, or the error to raise, so no rank waits for a folder that was refused."""
+    opened: Any = None
+    if rank == 0:  # only rank 0 touches the folder; the other ranks get what it found
+        try:
+            held.enter_context(runlock.run_lock(run_dir))
+            opened = _open_run_dir(cfg, run_dir, resume)
+        except (ConfigError, checkpoint.CheckpointError, runfiles.RunFileError, OSError) as err:
+            opened = err
+    opened = distributed.broadcast(opened)
+    if isinstance(opened, Exception):
+        raise opened
+    return opened
+
+
 def _open_run_dir(
     cfg: TrainConfig, run_dir: Path, resume: bool
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """Check the folder against `resume`; return (checkpoint or None, final.json or None)."""
+    """Check the folder against `resume`; return (checkpoint or None, final.json or None).
+
+    A missing config.json is restored from the checkpoint (which holds the same settings);
+    an empty or corrupt final.json means the run has not finished, so it is resumed.
+    """
     config_path = run_dir / "config.json"
     if not resume:
-        if config_path.exists():
+        if _holds_a_run(run_dir):
             raise RunFolderError(
                 f"{run_dir} already holds a run; pass --resume to continue it, or choose "
                 "another --out (or delete the folder)"
@@ -398,9 +421,14 @@ def _open_run_dir(
         return None, None
     state = checkpoint.load_latest(run_dir) if run_dir.is_dir() else None
     if config_path.exists():
-        saved = TrainConfig.from_json(config_path.read_text())
+        saved = runfiles.read_config(config_path)
     elif state is not None:
         saved = TrainConfig.from_json(state["config"])
+    elif _holds_a_run(run_dir):
+        raise RunFolderError(
+            f"cannot resume {run_dir}: its config.json is missing and it has no checkpoint to "
+            "restore it from; delete the folder to train the run again"
+        )
     else:  # nothing written yet: resuming is starting
         run_dir.mkdir(parents=True, exist_ok=True)
         return None, None
@@ -412,9 +440,21 @@ def _open_run_dir(
             f"cannot resume {run_dir}: its config differs in {detail}; use the same settings "
             "or another --out"
         )
-    if (run_dir / "final.json").exists():
-        return state, json.loads((run_dir / "final.json").read_text())
-    return state, None
+    if not config_path.exists():
+        restored = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        checkpoint.write_json(config_path, {**saved.to_dict(), "meta": {
+            "restored_from": checkpoint.CHECKPOINT, "restored": restored}})
+    return state, runfiles.read_final(run_dir)[0]
+
+
+def _holds_a_run(run_dir: Path) -> bool:
+    """Any of a run's files is there (a non-resume run refuses such a folder)."""
+    return any((run_dir / name).exists() for name in runfiles.RUN_FILES)
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl, rewritten whole (atomically) after every epoch: never half a line."""
+    checkpoint.write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
 
 def _interrupted(stop: StopRequest, run_dir: Path, where: str) -> RunInterrupted:
@@ -423,8 +463,7 @@ def _interrupted(stop: StopRequest, run_dir: Path, where: str) -> RunInterrupted
     signum = stop.signum or signal.SIGTERM  # a rank that got no signal stops with the others
     return RunInterrupted(
         signum, f"stopped by {signal_name(signum)} {where}; "
-        f"checkpoint written to {run_dir / checkpoint.CHECKPOINT}. Continue with --resume "
-        "(same settings and --out)",
+        f"checkpoint written to {run_dir / checkpoint.CHECKPOINT}{RESUME_HINT}",
     )
 
 
