@@ -20,7 +20,7 @@ from typing import Any
 
 from weight_compander.defaults import NEAR_ZERO  # |w| < NEAR_ZERO * s is "near zero"
 
-from . import figures
+from . import figures, robustness_report
 
 CONFIDENCE = 0.95  # of the paired-difference intervals
 
@@ -197,6 +197,7 @@ def _group_title(runs: Sequence[Run]) -> str:
     c = runs[0].config
     subset = c.get("train_subset")
     extra = f", {subset} training images" if subset else ""
+    extra += robustness_report.label_noise_title(runs)
     return f"{c.get('dataset', '?')} / {c.get('model', '?')}{extra}"
 
 
@@ -321,6 +322,7 @@ def write_report(runs_dir: str | Path, *, baseline: str | None = None, layer: st
         if series:
             rows = figures.hyper_figure(series, figdir / f"{prefix}wc-hyper.png")
             lines += [f"![learned WC hyperparameters](figures/{prefix}wc-hyper.png)", "", *rows, ""]
+        lines += robustness_report.section(rruns, order, base, figdir, prefix)
     if incomplete:
         lines += [
             "Unfinished run folders (no final.json; not in the tables): "
