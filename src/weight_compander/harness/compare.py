@@ -45,7 +45,7 @@ from .stopping import RunInterrupted, StopRequest
 STOPPED = ("compare stopped by {signal}; finished runs are kept and interrupted ones have a "
            "checkpoint: re-run the same command to continue")
 
-TOP_KEYS = ("name", "description", "seeds", "baseline", "defaults", "variants")
+TOP_KEYS = ("name", "description", "seeds", "baseline", "defaults", "variants", "robustness")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -65,6 +65,7 @@ class Comparison:
     defaults: dict[str, Any] = field(default_factory=dict)
     source: str = "comparison"
     description: str = ""
+    robustness: dict[str, Any] | None = None  # `robustness` suite options after training; None: off
 
     def config(self, variant: str, seed: int) -> TrainConfig:
         return self.variants[variant].replace(seed=seed)
@@ -77,6 +78,7 @@ class Comparison:
             "variants": {v: {"overrides": self.overrides.get(v, {}),
                              "config": {k: x for k, x in c.to_dict().items() if k != "seed"}}
                          for v, c in self.variants.items()},
+            **({"robustness": self.robustness} if self.robustness is not None else {}),
         }
 
 
@@ -135,7 +137,25 @@ def comparison_from_dict(data: dict[str, Any], *, source: str = "comparison") ->
                 msg = f"{source} [variants.{vname}]: {msg}"
             raise CompareError(msg) from None
     return Comparison(name, list(seeds), baseline, configs, dict(variants), dict(defaults),
-                      source, str(data.get("description", "")))
+                      source, str(data.get("description", "")), _robustness_options(data, source))
+
+
+def _robustness_options(data: dict[str, Any], source: str) -> dict[str, Any] | None:
+    """``robustness = true`` (the default suite) or a table of suite options; checked now."""
+    value = data.get("robustness", False)
+    if value is False:
+        return None
+    if value is not True and not isinstance(value, dict):
+        raise CompareError(f"{source}: robustness must be true, false or a table of suite options, "
+                           f"got {value!r}")
+    from .robustness import Suite
+
+    options = {} if value is True else dict(value)
+    try:
+        Suite.from_options(options, source=f"{source} [robustness]")
+    except ConfigError as err:
+        raise CompareError(str(err)) from None
+    return options
 
 
 def load_comparison(path: str | Path) -> Comparison:
@@ -314,6 +334,8 @@ def run_comparison(
                     "(a second Ctrl-C kills them)")
                 _stop_workers(pool, stop, others)
                 raise _stopped(getattr(err, "signum", signal.SIGINT)) from None
+    if comparison.robustness is not None:
+        _robustness(comparison, out, progress, log, failed)
     end_cpu = os.times()
     cpu = sum(end_cpu[:4]) - sum(start_cpu[:4])
     summary = write_summary(comparison, out, failed=failed, trained=len(todo),
@@ -328,6 +350,24 @@ def run_comparison(
                 f"`weight-compander report {out}`")
             summary["failed"].append({"variant": None, "seed": None, "error": f"report: {err}"})
     return summary
+
+
+def _robustness(comparison: Comparison, out: Path, progress: bool, log: Any,
+                failed: list[dict[str, Any]]) -> None:
+    """Evaluate the comparison's finished runs with its robustness suite (finished ones skip);
+    a failure is reported like a failed run, the training results stay."""
+    from .report import find_runs
+    from .robustness import Suite, evaluate_runs
+
+    runs = [r for r in find_runs(out)[0] if r.variant in comparison.variants and r.seed in comparison.seeds]
+    try:
+        if runs:
+            evaluate_runs(runs, Suite.from_options(comparison.robustness or {}),
+                          progress=progress if progress else "quiet", log=log)
+    except Exception as err:
+        log(f"robustness failed ({type(err).__name__}: {err}); retry with "
+            f"`weight-compander robustness {out}`")
+        failed.append({"variant": None, "seed": None, "error": f"robustness: {err}"})
 
 
 def write_summary(

@@ -293,7 +293,7 @@ def _run(
         checkpoint.write_json(run_dir / "final.json", final)
     out.line(
         f"test_acc {final['test_acc']:.4f}  test_loss {final['test_loss']:.4f}  best val epoch "
-        f"{final['best_epoch']}: test_acc {final['test_acc_best_val']:.4f}  ({final['wall_time']:.1f}"
+        f"{final['best_epoch']}: test acc {final['test_acc_best_val']:.4f}  ({final['wall_time']:.1f}"
         f" s, {final['images_per_second']:.0f} images/s) -> {run_dir / 'final.json'}"
     )
     return final
