@@ -17,7 +17,9 @@ A comparison TOML names the seeds, the baseline, the settings shared by all vari
 Every variant runs with every seed, so differences to the baseline are paired (same data
 order and init). A run is complete iff its `final.json` exists: re-running skips complete
 runs and resumes any run that left a checkpoint, so an interrupted comparison continues
-where it stopped. SIGTERM / SIGINT (Ctrl-C) stop a comparison cleanly: queued runs do not
+where it stopped. A top-level ``robustness = true`` (or a table of suite options, see
+robustness.py) evaluates every finished run with `robustness` after training (evaluated runs are
+skipped too). SIGTERM / SIGINT (Ctrl-C) stop a comparison cleanly: queued runs do not
 start, running ones finish their step and write a checkpoint, the workers exit, and the
 command exits 143 / 130; a second signal kills the workers at once.
 """
@@ -421,6 +423,11 @@ def _main(args: argparse.Namespace) -> int:
         runs = [r for r in find_runs(out)[0]
                 if r.variant in comparison.variants and r.seed in comparison.seeds]
         print("\n" + markdown_tables(runs, comparison.baseline))
+        if comparison.robustness is not None:
+            from .robustness import Suite
+            from .robustness_report import summary_table
+
+            print("\n" + summary_table(runs, Suite.from_options(comparison.robustness).weights))
     if summary["failed"]:
         print(f"{len(summary['failed'])} run(s) failed; fix the cause and re-run the same "
               "command: finished runs are skipped")

@@ -1,7 +1,8 @@
 """`weight-compander report RUNS_DIR`: a Markdown table and PNG figures from finished runs.
 
 The compared number is always the final-epoch test accuracy from `final.json` (measured once,
-after the last epoch), never a best epoch. Differences to the baseline are paired over the
+after the last epoch); the best validation epoch's accuracy, robustness results and label noise
+come in their own tables (robustness_report.py). Differences to the baseline are paired over the
 seeds both variants have, because the same seed means the same data order and init, so the
 seed-to-seed noise cancels in the difference. The figures are drawn by figures.py.
 """
@@ -265,7 +266,8 @@ def _by_root(runs: Sequence[Run]) -> dict[Path, list[Run]]:
 
 INTRO = (
     "Test accuracy is the final-epoch accuracy on the test set (`final.json`, measured once "
-    "after the last epoch; never a best epoch). ± is the sample standard deviation over "
+    "after the last epoch; the best validation epoch's has its own table, \"Selection on "
+    "validation\", where runs have it). ± is the sample standard deviation over "
     "seeds. Δ is the mean paired difference to the baseline over the seeds both variants "
     "have (pp: percentage points), with a 95% t-interval over the per-seed differences "
     "(scipy.stats.t); an interval that includes 0 means no difference can be told apart "
