@@ -66,3 +66,22 @@ def test_resumed_run_keeps_the_best_epoch_and_its_test_accuracy(tmp_path, monkey
     resumed = train.run(cfg, tmp_path / "cut", resume=True, progress="quiet")
     keys = ("best_epoch", "best_val_acc", "test_acc_best_val", "test_loss_best_val", "test_acc")
     assert {k: resumed[k] for k in keys} == {k: whole[k] for k in keys}
+
+
+def test_a_checkpoint_from_before_best_val_tracking_resumes_without_inventing_a_best_epoch(
+        tmp_path, monkeypatch):
+    cfg = TrainConfig(**dict(TINY, epochs=1))
+    real_save = checkpoint.save
+
+    def save_then_die(state, run_dir):  # the last epoch's checkpoint, written as before "best"
+        state.pop("best")
+        real_save(state, run_dir)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, tmp_path / "old", progress="quiet")
+    monkeypatch.undo()
+    final = train.run(cfg, tmp_path / "old", resume=True, progress="quiet")
+    assert final["best_epoch"] is None and final["test_acc_best_val"] is None
+    assert 0 < final["test_acc"] <= 1

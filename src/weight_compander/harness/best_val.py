@@ -42,6 +42,7 @@ class BestEpoch:
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Restore from a checkpoint; None (a checkpoint written before this existed) starts over,
-        so such a run selects among the epochs it trains after resuming."""
+        so such a run selects among the epochs it trains after resuming (none left: final.json
+        gets None for the best-validation fields)."""
         if state is not None:
             self.epoch, self.val_acc, self.model = state["epoch"], state["val_acc"], state["model"]

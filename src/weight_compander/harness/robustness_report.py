@@ -114,7 +114,7 @@ def best_val_table(runs: Sequence[Run], order: Sequence[str], base: str | None) 
     """Final-epoch vs best-validation-epoch test accuracy per variant (if the runs have both)."""
     from .report import _diff_cell, paired_difference
 
-    have = [r for r in runs if "test_acc_best_val" in r.final]
+    have = [r for r in runs if r.final.get("test_acc_best_val") is not None]
     if not have:
         return []
     final = {"final": collections.defaultdict(dict), "best": collections.defaultdict(dict)}

@@ -291,11 +291,7 @@ def _run(
     final = _test(cfg, model, ds, history, step, clock, best)
     if rank == 0:
         checkpoint.write_json(run_dir / "final.json", final)
-    out.line(
-        f"test_acc {final['test_acc']:.4f}  test_loss {final['test_loss']:.4f}  best val epoch "
-        f"{final['best_epoch']}: test acc {final['test_acc_best_val']:.4f}  ({final['wall_time']:.1f}"
-        f" s, {final['images_per_second']:.0f} images/s) -> {run_dir / 'final.json'}"
-    )
+    out.line(f"{_final_line(final)} -> {run_dir / 'final.json'}")
     return final
 
 
@@ -432,13 +428,15 @@ def _test(
     epoch's (loaded into `model` last: the run is over, its checkpoint holds the last ones)."""
     t0, c0 = time.perf_counter(), time.process_time()
     test_loss, test_acc = evaluate(model, ds.test_x, ds.test_y, cfg.eval_batch_size)
-    model.load_state_dict(best.model)
-    best_loss, best_acc = evaluate(model, ds.test_x, ds.test_y, cfg.eval_batch_size)
+    best_loss = best_acc = None  # None: resumed from a checkpoint that kept no best weights
+    if best.model is not None:
+        model.load_state_dict(best.model)
+        best_loss, best_acc = evaluate(model, ds.test_x, ds.test_y, cfg.eval_batch_size)
     last = history[-1]
     return {
         "test_acc": test_acc, "test_loss": test_loss,
         "test_acc_best_val": best_acc, "test_loss_best_val": best_loss,
-        "best_epoch": best.epoch, "best_val_acc": best.val_acc,
+        "best_epoch": best.epoch, "best_val_acc": best.val_acc if best.model is not None else None,
         "val_acc": last["val_acc"], "val_loss": last["val_loss"],
         "train_acc": last["train_acc"], "train_loss": last["train_loss"],
         "epochs": cfg.epochs, "steps": step, "seed": cfg.seed,
@@ -446,6 +444,13 @@ def _test(
         "cpu_time": clock["cpu"] + _cpu_since(c0),
         "images_per_second": clock["images"] / max(clock["train"], 1e-9),
     }
+
+
+def _final_line(final: dict[str, Any]) -> str:
+    best = (f"best val epoch {final['best_epoch']}: test acc {final['test_acc_best_val']:.4f}"
+            if final["test_acc_best_val"] is not None else "no best-val weights kept")
+    return (f"test_acc {final['test_acc']:.4f}  test_loss {final['test_loss']:.4f}  {best}  "
+            f"({final['wall_time']:.1f} s, {final['images_per_second']:.0f} images/s)")
 
 
 def _interrupted(stop: StopRequest, run_dir: Path, where: str) -> RunInterrupted:
