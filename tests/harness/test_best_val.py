@@ -29,6 +29,23 @@ def scripted_validation(monkeypatch, accuracies):
     monkeypatch.setattr(train, "evaluate", evaluate)
 
 
+def killed_after_epoch(cfg, run_dir, epoch, monkeypatch, keep_best=True):
+    """Start a run that is killed right after `epoch`'s checkpoint (without "best" on request)."""
+    real_save = checkpoint.save
+
+    def save_then_die(state, where):
+        if not keep_best:
+            state.pop("best")
+        real_save(state, where)
+        if state["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(cfg, run_dir, progress="quiet")
+    monkeypatch.undo()
+
+
 def test_best_epoch_is_the_first_highest_val_acc_and_its_weights_are_tested(tmp_path, monkeypatch):
     scripted_validation(monkeypatch, [0.5, 0.8, 0.7, 0.8])  # a later tie does not replace epoch 2
     final = train.run(TrainConfig(**TINY), tmp_path / "r", progress="quiet")
@@ -52,17 +69,7 @@ def test_best_epoch_is_the_first_highest_val_acc_and_its_weights_are_tested(tmp_
 def test_resumed_run_keeps_the_best_epoch_and_its_test_accuracy(tmp_path, monkeypatch):
     cfg = TrainConfig(**TINY)
     whole = train.run(cfg, tmp_path / "whole", progress="quiet")
-    real_save = checkpoint.save
-
-    def save_then_die(state, run_dir):  # killed right after epoch 3's checkpoint
-        real_save(state, run_dir)
-        if state["epoch"] == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, tmp_path / "cut", progress="quiet")
-    monkeypatch.undo()
+    killed_after_epoch(cfg, tmp_path / "cut", 3, monkeypatch)
     resumed = train.run(cfg, tmp_path / "cut", resume=True, progress="quiet")
     keys = ("best_epoch", "best_val_acc", "test_acc_best_val", "test_loss_best_val", "test_acc")
     assert {k: resumed[k] for k in keys} == {k: whole[k] for k in keys}
@@ -71,17 +78,7 @@ def test_resumed_run_keeps_the_best_epoch_and_its_test_accuracy(tmp_path, monkey
 def test_a_checkpoint_from_before_best_val_tracking_resumes_without_inventing_a_best_epoch(
         tmp_path, monkeypatch):
     cfg = TrainConfig(**dict(TINY, epochs=1))
-    real_save = checkpoint.save
-
-    def save_then_die(state, run_dir):  # the last epoch's checkpoint, written as before "best"
-        state.pop("best")
-        real_save(state, run_dir)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, tmp_path / "old", progress="quiet")
-    monkeypatch.undo()
+    killed_after_epoch(cfg, tmp_path / "old", 1, monkeypatch, keep_best=False)  # as written before
     final = train.run(cfg, tmp_path / "old", resume=True, progress="quiet")
     assert final["best_epoch"] is None and final["test_acc_best_val"] is None
     assert 0 < final["test_acc"] <= 1
