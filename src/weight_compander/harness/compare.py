@@ -20,6 +20,8 @@ there): re-running skips complete runs and resumes any other, so an interrupted 
 continues where it stopped. Each run is trained under its folder's lock, so two `compare`s
 of one comparison on one folder train every run once (runlock.py); summary.json and the
 report count exactly the runs that belong to the comparison as it is now (membership.py).
+A top-level ``robustness = true`` (or a table of suite options, see robustness.py) evaluates
+every finished run with `robustness` after training (evaluated runs are skipped too).
 SIGTERM / SIGINT (Ctrl-C) stop a comparison cleanly: queued runs do not start, running
 ones finish their step and write a checkpoint, the workers exit, and the command exits
 143 / 130; a second signal kills the workers at once, and if `compare` itself dies, its
@@ -51,7 +53,7 @@ STOPPED = ("compare stopped by {signal}; finished runs are kept and interrupted 
 
 FIX_SUMMARY = ("delete it: the next `compare` writes a new one (the record of earlier invocations "
                "and their CPU time is lost)")
-TOP_KEYS = ("name", "description", "seeds", "baseline", "defaults", "variants")
+TOP_KEYS = ("name", "description", "seeds", "baseline", "defaults", "variants", "robustness")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -71,6 +73,7 @@ class Comparison:
     defaults: dict[str, Any] = field(default_factory=dict)
     source: str = "comparison"
     description: str = ""
+    robustness: dict[str, Any] | None = None  # `robustness` suite options after training; None: off
 
     def config(self, variant: str, seed: int) -> TrainConfig:
         return self.variants[variant].replace(seed=seed)
@@ -83,6 +86,7 @@ class Comparison:
             "variants": {v: {"overrides": self.overrides.get(v, {}),
                              "config": {k: x for k, x in c.to_dict().items() if k != "seed"}}
                          for v, c in self.variants.items()},
+            **({"robustness": self.robustness} if self.robustness is not None else {}),
         }
 
 
@@ -141,7 +145,25 @@ def comparison_from_dict(data: dict[str, Any], *, source: str = "comparison") ->
                 msg = f"{source} [variants.{vname}]: {msg}"
             raise CompareError(msg) from None
     return Comparison(name, list(seeds), baseline, configs, dict(variants), dict(defaults),
-                      source, str(data.get("description", "")))
+                      source, str(data.get("description", "")), _robustness_options(data, source))
+
+
+def _robustness_options(data: dict[str, Any], source: str) -> dict[str, Any] | None:
+    """``robustness = true`` (the default suite) or a table of suite options; checked now."""
+    value = data.get("robustness", False)
+    if value is False:
+        return None
+    if value is not True and not isinstance(value, dict):
+        raise CompareError(f"{source}: robustness must be true, false or a table of suite options, "
+                           f"got {value!r}")
+    from .robustness import Suite
+
+    options = {} if value is True else dict(value)
+    try:
+        Suite.from_options(options, source=f"{source} [robustness]")
+    except ConfigError as err:
+        raise CompareError(str(err)) from None
+    return options
 
 
 def load_comparison(path: str | Path) -> Comparison:
@@ -397,6 +419,8 @@ def _run_comparison(
                     "(a second Ctrl-C kills them)")
                 _stop_workers(pool, stop, others)
                 raise _stopped(getattr(err, "signum", signal.SIGINT)) from None
+    if comparison.robustness is not None:
+        _robustness(comparison, out, progress, log, failed)
     end_cpu = os.times()
     cpu = sum(end_cpu[:4]) - sum(start_cpu[:4])
     with runlock.write_lock(out):  # two compares finishing at once: neither record is lost
@@ -428,6 +452,22 @@ def _previous_invocations(out: Path) -> list[dict[str, Any]]:
             and isinstance(i.get("cpu_time"), int | float) for i in invocations):
         raise runfiles.RunFileError(f"{path} is not a comparison summary; {FIX_SUMMARY}")
     return invocations
+def _robustness(comparison: Comparison, out: Path, progress: bool, log: Any,
+                failed: list[dict[str, Any]]) -> None:
+    """Evaluate the comparison's finished runs with its robustness suite (finished ones skip);
+    a failure is reported like a failed run, the training results stay."""
+    from .report import find_runs
+    from .robustness import Suite, evaluate_runs
+
+    runs = [r for r in find_runs(out)[0] if r.variant in comparison.variants and r.seed in comparison.seeds]
+    try:
+        if runs:
+            evaluate_runs(runs, Suite.from_options(comparison.robustness or {}),
+                          progress=progress if progress else "quiet", log=log)
+    except Exception as err:
+        log(f"robustness failed ({type(err).__name__}: {err}); retry with "
+            f"`weight-compander robustness {out}`")
+        failed.append({"variant": None, "seed": None, "error": f"robustness: {err}"})
 
 
 def write_summary(
@@ -484,6 +524,11 @@ def _main(args: argparse.Namespace) -> int:
         print("\n" + markdown_tables(runs, comparison.baseline))
         if ignored_line(scan, Path(out)):
             print(ignored_line(scan, Path(out)))
+        if comparison.robustness is not None:
+            from .robustness import Suite
+            from .robustness_report import summary_table
+
+            print("\n" + summary_table(runs, Suite.from_options(comparison.robustness).weights))
     if summary["failed"]:
         print(f"{len(summary['failed'])} run(s) failed; fix the cause and re-run the same "
               "command: finished runs are skipped")

@@ -44,6 +44,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "reparam": ("none", "wc", "weight_norm", "weight_std"),
     "wc_learn": ("train", "validation"),
     "wc_hyper_loss": ("plain", "train"),
+    "label_noise_kind": ("symmetric", "pairflip"),
 }
 
 # Validation-driven learning (wc_learn = "validation"): Adam on the hyperparameters, this
@@ -71,6 +72,12 @@ class TrainConfig:
     val_size: int | None = _field(
         None, "validation images carved from the training set (None: 300 for digits, 500 for "
         "mnist1d, 5000 for the others)"
+    )
+    label_noise: float = _field(
+        0.0, "share of training and validation labels replaced by wrong ones (test labels stay clean)"
+    )
+    label_noise_kind: str = _field(
+        "symmetric", "symmetric (a random other class) | pairflip (class c -> c+1)"
     )
     # -- model --
     model: str = _field("mlp", "mlp | cnn | cnn-nonorm | resnet20 | wrn16-4 | cnn1d")
@@ -269,7 +276,7 @@ def _check_values(c: TrainConfig) -> None:
     for key in ("weight_decay", "mixup_alpha"):
         if not getattr(c, key) >= 0:
             raise ConfigError(f"{key}: must be >= 0, got {getattr(c, key)}")
-    for key in ("dropout", "label_smoothing", "momentum"):
+    for key in ("dropout", "label_smoothing", "momentum", "label_noise"):
         if not 0 <= getattr(c, key) < 1:
             raise ConfigError(f"{key}: must be in [0, 1), got {getattr(c, key)}")
     if isinstance(c.wc_layers, str) and c.wc_layers != "default":

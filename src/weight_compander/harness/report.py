@@ -1,7 +1,8 @@
 """`weight-compander report RUNS_DIR`: a Markdown table and PNG figures from finished runs.
 
 The compared number is always the final-epoch test accuracy from `final.json` (measured once,
-after the last epoch), never a best epoch. Differences to the baseline are paired over the
+after the last epoch); the best validation epoch's accuracy, robustness results and label noise
+come in their own tables (robustness_report.py). Differences to the baseline are paired over the
 seeds both variants have, because the same seed means the same data order and init, so the
 seed-to-seed noise cancels in the difference. The figures are drawn by figures.py.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 from weight_compander.defaults import NEAR_ZERO  # |w| < NEAR_ZERO * s is "near zero"
 
-from . import atomic, figures, runlock
+from . import atomic, figures, robustness_report, runlock
 from .membership import FIX_COMPARE_JSON, ComparisonInfo, config_label, load_comparison_info
 from .runfiles import (
     FIX_CONFIG,
@@ -260,6 +261,7 @@ def _group_title(runs: Sequence[Run]) -> str:
     c = runs[0].config
     subset = c.get("train_subset")
     extra = f", {subset} training images" if subset else ""
+    extra += robustness_report.label_noise_title(runs)
     return f"{c.get('dataset', '?')} / {c.get('model', '?')}{extra}"
 
 
@@ -327,7 +329,8 @@ def _by_root(runs: Sequence[Run]) -> dict[Path, list[Run]]:
 
 INTRO = (
     "Test accuracy is the final-epoch accuracy on the test set (`final.json`, measured once "
-    "after the last epoch; never a best epoch). ± is the sample standard deviation over "
+    "after the last epoch; the best validation epoch's has its own table, \"Selection on "
+    "validation\", where runs have it). ± is the sample standard deviation over "
     "seeds. Δ is the mean paired difference to the baseline over the seeds both variants "
     "have (pp: percentage points), with a 95% t-interval over the per-seed differences "
     "(scipy.stats.t); an interval that includes 0 means no difference can be told apart "
@@ -394,6 +397,7 @@ def _write_report(runs_dir: Path, scan: RunScan, baseline: str | None, layer: st
         if series:
             rows = figures.hyper_figure(series, figdir / f"{prefix}wc-hyper.png")
             lines += [f"![learned WC hyperparameters](figures/{prefix}wc-hyper.png)", "", *rows, ""]
+        lines += robustness_report.section(rruns, order, base, figdir, prefix)
     lines += other_folders(scan, runs_dir)
     path = runs_dir / "report.md"
     atomic.write_text(path, "\n".join(lines))

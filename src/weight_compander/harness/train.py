@@ -2,7 +2,9 @@
 
 A run folder holds ``config.json`` (every resolved setting + meta), ``metrics.jsonl`` (one
 line per epoch), ``checkpoint.pt`` (+ ``checkpoint-prev.pt``) and, once the run is
-complete, ``final.json`` with the test metrics, measured once after the last epoch.
+complete, ``final.json`` with the test metrics, measured once after the last epoch, on the
+last epoch's weights (``test_acc``) and on those of the best validation epoch
+(``test_acc_best_val``, ``best_epoch``; see best_val.py).
 Every random draw comes from a seeded generator whose state is checkpointed, so a resumed
 run ends with exactly the metrics of an uninterrupted one.
 
@@ -33,7 +35,18 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 import weight_compander as wc
-from weight_compander.harness import augment, checkpoint, data, distributed, models, peers, runfiles, runlock
+from weight_compander.harness import (
+    augment,
+    checkpoint,
+    data,
+    distributed,
+    label_noise,
+    models,
+    peers,
+    runfiles,
+    runlock,
+)
+from weight_compander.harness.best_val import BestEpoch
 from weight_compander.harness.config import BILEVEL_HYPER_LR, ConfigError, TrainConfig
 from weight_compander.harness.progress import Progress
 from weight_compander.harness.stopping import RunInterrupted, StopRequest, signal_name
@@ -112,14 +125,7 @@ def _run(
     aug_gen = torch.Generator().manual_seed(_derived_seed(cfg.seed, "augment"))
 
     # -- data: tensors in memory, batches sliced from a seeded permutation --
-    try:
-        ds = data.load_dataset(
-            cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, train_subset=cfg.train_subset
-        )
-    except data.DataError:
-        raise
-    except ValueError as err:
-        raise ConfigError(f"data: {err}") from err
+    ds = load_data(cfg)
     x_train, y_train = ds.train_x.to(dev), ds.train_y.to(dev)
     n = len(y_train)
     bs = min(cfg.batch_size, n)
@@ -149,21 +155,9 @@ def _run(
         x_val, y_val = ds.val_x.to(dev), ds.val_y.to(dev)
         if not len(y_val):
             raise ConfigError("wc_learn: 'validation' needs a validation split (val_size >= 1)")
-    if cfg.optimizer == "sgd":
-        nesterov = cfg.momentum > 0  # torch refuses Nesterov without momentum
-        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
-    else:
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-    total = cfg.epochs * steps
-    if cfg.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    elif cfg.schedule == "onecycle":
-        max_lr = [g["lr"] for g in opt.param_groups]
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total)
-    else:
-        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    opt, sched = _optimizer(cfg, groups, cfg.epochs * steps)
 
-    start, step, history, position = 0, 0, [], None
+    start, step, history, position, best = 0, 0, [], None, BestEpoch()  # best: selection on val
     clock = {"train": 0.0, "wall": 0.0, "cpu": 0.0, "images": 0}
     if state is not None:  # resume: every tensor and generator exactly as it was saved
         model.load_state_dict(state["model"])
@@ -180,6 +174,7 @@ def _run(
         position = state.get("position")  # set if the run stopped inside an epoch
         start, step = state["epoch"], state["step"] - (position["index"] if position else 0)
         history, clock = json.loads(state["history"]), json.loads(state["clock"])
+        best.load_state_dict(state.get("best"))
         if saved_world != world:
             out.line(f"note: continuing a {saved_world}-process run with {world}: same data "
                      "order and augmentation, but dropout draws and rounding differ")
@@ -210,6 +205,7 @@ def _run(
                         **({"validation": val_gen.get_state()} if bilevel else {})},
                 **({"hyper_optimizer": hyper_opt.state_dict()} if bilevel else {}),
                 "shape": shape, "history": json.dumps(history), "clock": json.dumps(clock),
+                "best": best.state_dict(),
                 **({"position": inside} if inside else {}),
             }, run_dir)
 
@@ -286,6 +282,7 @@ def _run(
         train_acc = float(distributed.all_sum(correct)) / (steps * bs)
         distributed.broadcast_buffers(model)  # all ranks evaluate (and save) rank 0's BN stats
         val_loss, val_acc = evaluate(model, ds.val_x, ds.val_y, cfg.eval_batch_size)
+        best.update(epoch, val_acc, model)
         tick(t0, c0, (steps - first) * bs)
         record = {
             "epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc,
@@ -301,26 +298,25 @@ def _run(
         if epoch < cfg.epochs and distributed.any_rank(stop.signum is not None):
             raise _interrupted(stop, run_dir, f"after epoch {epoch} (step {step})")
 
-    # -- test: once, after the last epoch --
-    t0, c0 = time.perf_counter(), time.process_time()
-    test_loss, test_acc = evaluate(model, ds.test_x, ds.test_y, cfg.eval_batch_size)
-    last = history[-1]
-    final = {
-        "test_acc": test_acc, "test_loss": test_loss,
-        "val_acc": last["val_acc"], "val_loss": last["val_loss"],
-        "train_acc": last["train_acc"], "train_loss": last["train_loss"],
-        "epochs": cfg.epochs, "steps": step, "seed": cfg.seed,
-        "wall_time": clock["wall"] + time.perf_counter() - t0,
-        "cpu_time": clock["cpu"] + _cpu_since(c0),
-        "images_per_second": clock["images"] / max(clock["train"], 1e-9),
-    }
+    # -- test: once, after the last epoch, on the last and on the best-validation weights --
+    final = _test(cfg, model, ds, history, step, clock, best)
     if rank == 0:
         checkpoint.write_json(run_dir / "final.json", final)
-    out.line(
-        f"test_acc {test_acc:.4f}  test_loss {test_loss:.4f}  ({final['wall_time']:.1f} s, "
-        f"{final['images_per_second']:.0f} images/s) -> {run_dir / 'final.json'}"
-    )
+    out.line(f"{_final_line(final)} -> {run_dir / 'final.json'}")
     return final
+
+
+def load_data(cfg: TrainConfig) -> data.Dataset:
+    """The config's data set, split and normalised, with its training/validation label noise."""
+    try:
+        ds = data.load_dataset(
+            cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, train_subset=cfg.train_subset
+        )
+    except data.DataError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"data: {err}") from err
+    return label_noise.apply_label_noise(ds, cfg.label_noise, cfg.label_noise_kind)
 
 
 def build_model(cfg: TrainConfig, shape: dict[str, Any]) -> tuple[nn.Module, list[str]]:
@@ -455,6 +451,56 @@ def _holds_a_run(run_dir: Path) -> bool:
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl, rewritten whole (atomically) after every epoch: never half a line."""
     checkpoint.write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _optimizer(cfg: TrainConfig, groups: list[dict], total: int) -> tuple[Any, Any]:
+    """The config's optimizer over `groups` and its per-step schedule over `total` steps."""
+    if cfg.optimizer == "sgd":
+        nesterov = cfg.momentum > 0  # torch refuses Nesterov without momentum
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
+    else:
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    elif cfg.schedule == "onecycle":
+        max_lr = [g["lr"] for g in opt.param_groups]
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total)
+    else:
+        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    return opt, sched
+
+
+def _test(
+    cfg: TrainConfig, model: nn.Module, ds: data.Dataset, history: list[dict[str, Any]], step: int,
+    clock: dict[str, Any], best: BestEpoch,
+) -> dict[str, Any]:
+    """final.json: test metrics of the last epoch's weights, then of the best validation
+    epoch's (loaded into `model` last: the run is over, its checkpoint holds the last ones)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    test_loss, test_acc = evaluate(model, ds.test_x, ds.test_y, cfg.eval_batch_size)
+    best_loss = best_acc = None  # None: resumed from a checkpoint that kept no best weights
+    if best.model is not None:
+        model.load_state_dict(best.model)
+        best_loss, best_acc = evaluate(model, ds.test_x, ds.test_y, cfg.eval_batch_size)
+    last = history[-1]
+    return {
+        "test_acc": test_acc, "test_loss": test_loss,
+        "test_acc_best_val": best_acc, "test_loss_best_val": best_loss,
+        "best_epoch": best.epoch, "best_val_acc": best.val_acc if best.model is not None else None,
+        "val_acc": last["val_acc"], "val_loss": last["val_loss"],
+        "train_acc": last["train_acc"], "train_loss": last["train_loss"],
+        "epochs": cfg.epochs, "steps": step, "seed": cfg.seed,
+        "wall_time": clock["wall"] + time.perf_counter() - t0,
+        "cpu_time": clock["cpu"] + _cpu_since(c0),
+        "images_per_second": clock["images"] / max(clock["train"], 1e-9),
+    }
+
+
+def _final_line(final: dict[str, Any]) -> str:
+    best = (f"best val epoch {final['best_epoch']}: test acc {final['test_acc_best_val']:.4f}"
+            if final["test_acc_best_val"] is not None else "no best-val weights kept")
+    return (f"test_acc {final['test_acc']:.4f}  test_loss {final['test_loss']:.4f}  {best}  "
+            f"({final['wall_time']:.1f} s, {final['images_per_second']:.0f} images/s)")
 
 
 def _interrupted(stop: StopRequest, run_dir: Path, where: str) -> RunInterrupted:

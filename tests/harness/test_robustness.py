@@ -1,0 +1,179 @@
+"""`robustness`: results in the run folders, skips finished runs, re-evaluates after a suite
+change, never touches training files, report tables and figures, clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from weight_compander.harness import cli, robustness
+from weight_compander.harness.compare import (
+    CompareError,
+    comparison_from_dict,
+    load_comparison,
+    run_comparison,
+)
+from weight_compander.harness.report import find_runs
+
+PNG = b"\x89PNG\r\n\x1a\n"
+COMPARISON = """
+name = "rob"
+seeds = [0, 1]
+baseline = "base"
+robustness = { images = 150 }
+
+[defaults]
+dataset = "digits"
+model = "mlp"
+train_subset = 200
+val_size = 100
+epochs = 2
+batch_size = 50
+threads = 1
+
+[variants.base]
+
+[variants.wc]
+reparam = "wc"
+
+[variants.weight-norm]
+reparam = "weight_norm"
+"""
+TRAINING_FILES = ("config.json", "metrics.jsonl", "final.json", "checkpoint.pt", "checkpoint-prev.pt")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """compare with `robustness = {...}`: 3 variants x 2 seeds, evaluated, with the report."""
+    root = tmp_path_factory.mktemp("rob")
+    (root / "rob.toml").write_text(COMPARISON)
+    summary = run_comparison(load_comparison(root / "rob.toml"), root / "out", progress=False,
+                             log=lambda _: None)
+    assert summary["failed"] == []
+    return root / "out"
+
+
+@pytest.fixture
+def folder(trained, tmp_path) -> Path:
+    """A private copy, so a test may change it."""
+    return Path(shutil.copytree(trained, tmp_path / "out"))
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.name in TRAINING_FILES}
+
+
+def entry(run_dir: Path, weights: str = "final") -> dict:
+    return json.loads((run_dir / "robustness.json").read_text())["evaluations"][weights]
+
+
+def test_compare_runs_the_suite_on_every_run_and_report_shows_tables_and_figures(trained):
+    runs, _ = find_runs(trained)
+    assert len(runs) == 6
+    for run in runs:
+        e = entry(run.path)
+        assert e["suite"]["version"] == robustness.SUITE_VERSION and e["weights"] == "final"
+        assert e["images"] == 150 and e["test_images"] == 359 and e["epoch"] == 2
+        assert set(e["summary"]) == set(robustness.FAMILIES)
+        assert len(e["results"]) == 11 * 3 + 5 + 5 + 4 + 4 + 3
+        assert all(0 <= r["acc"] <= 1 for r in e["results"])
+    report = (trained / "report.md").read_text()
+    for heading in ("#### Robustness (last epoch's weights)", "##### input corruptions",
+                    "##### pruning, per layer", "##### quantization, MSE clipping",
+                    "#### Selection on validation"):
+        assert heading in report
+    rows = [ln for ln in report.splitlines() if ln.startswith("| wc | ") and ", Δ " in ln]
+    assert rows and re.search(r"\d+\.\d\d ± \d+\.\d\d, Δ [+-]\d+\.\d\d \[", rows[0])  # paired Δ, CI
+    assert "| **mean over 33** |" in report and "| bits 2 |" in report and "| sparsity 0.95 |" in report
+    for name in ("robustness.png", "corruptions.png"):
+        path = trained / "figures" / name
+        assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5000 and f"(figures/{name})" in report
+
+
+def test_rerun_skips_finished_runs_and_a_changed_suite_reevaluates_without_touching_training_files(
+        folder, capsys):
+    before, saved = digests(folder), {p: p.read_bytes() for p in folder.rglob("robustness.json")}
+    assert cli.main(["robustness", str(folder), "--images", "150", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "6 finished runs, 6 already evaluated, 0 to evaluate" in out
+    assert {p: p.read_bytes() for p in folder.rglob("robustness.json")} == saved
+
+    assert cli.main(["robustness", str(folder), "--images", "150", "--bits", "8,4", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "0 already evaluated, 6 to evaluate" in out and "| weight-norm |" in out
+    for p in saved:
+        e = entry(p.parent)
+        assert e["suite"]["bits"] == [8, 4]
+        assert [r["level"] for r in e["results"] if r["family"] == "quant-mse"] == [8, 4]
+    assert digests(folder) == before  # config, metrics, final and checkpoints untouched
+    assert not list(folder.rglob(".*.tmp"))
+
+
+def test_best_val_weights_are_evaluated_on_request_and_say_so(folder, capsys):
+    run = folder / "wc" / "seed0"
+    code = cli.main(["robustness", str(run), "--weights", "best_val", "--families", "quant-maxabs",
+                     "--images", "all", "--no-progress"])
+    assert code == 0 and "best_val weights" in capsys.readouterr().out
+    final, e = json.loads((run / "final.json").read_text()), entry(run, "best_val")
+    assert e["epoch"] == final["best_epoch"] and e["images"] == 359
+    assert e["clean"]["acc"] == pytest.approx(final["test_acc_best_val"], abs=1e-9)
+    assert entry(run)["images"] == 150  # the final-weights entry is kept beside it
+
+
+def test_a_crash_mid_way_keeps_finished_results_and_leaves_no_half_written_file(folder, monkeypatch):
+    for p in folder.rglob("robustness.json"):
+        p.unlink()
+    real, calls = robustness.evaluate_run, []
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("power cut")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(robustness, "evaluate_run", crash_on_second)
+    with pytest.raises(RuntimeError):
+        suite = robustness.Suite(images=50, families=("weight-noise",))
+        robustness.evaluate_runs(find_runs(folder)[0], suite, progress="quiet")
+    assert len(list(folder.rglob("robustness.json"))) == 1 and not list(folder.rglob(".*.tmp"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--families", "corruption,fog"], "unknown family 'fog'; valid: corruption, prune-global"),
+    (["--corruptions", "fog"], "unknown corruption 'fog'; images: gaussian_noise"),
+    (["--sparsities", "0.5,1.5"], r"sparsities: 1.5 is not a fraction in \(0, 1\)"),
+    (["--sparsities", "0"], r"sparsities: 0.0 is not a fraction in \(0, 1\)"),
+    (["--bits", "4,1"], r"bits: 1 is not an integer in 2..16"),
+    (["--severities", "4"], "severities: 4 is not one of 1, 2, 3"),
+])
+def test_bad_suite_settings_are_errors_naming_the_value(folder, capsys, args, message):
+    assert cli.main(["robustness", str(folder), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and re.search(message, err)
+
+
+def test_a_folder_without_finished_runs_is_an_error_naming_it(tmp_path, capsys):
+    (tmp_path / "empty" / "run").mkdir(parents=True)
+    (tmp_path / "empty" / "run" / "config.json").write_text("{}")
+    assert cli.main(["robustness", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert f"no finished runs (final.json) in {tmp_path / 'empty'}; 1 unfinished" in err
+    assert cli.main(["robustness", str(tmp_path / "missing")]) == 2
+
+
+def test_compare_checks_its_robustness_table_before_any_run():
+    base = {"seeds": [0], "variants": {"base": {}}}
+    assert comparison_from_dict({**base, "robustness": True}).robustness == {}
+    assert comparison_from_dict(base).robustness is None
+    with pytest.raises(CompareError, match=r"\[robustness\]: unknown key\(s\) colour"):
+        comparison_from_dict({**base, "robustness": {"colour": 1}})
+    with pytest.raises(CompareError, match=r"bits: 1 is not an integer"):
+        comparison_from_dict({**base, "robustness": {"bits": [1]}})
+    with pytest.raises(CompareError, match="robustness must be true, false or a table"):
+        comparison_from_dict({**base, "robustness": "yes"})
