@@ -42,3 +42,45 @@ def assert_same(a: tuple, b: tuple) -> None:
     assert a[1].keys() == b[1].keys()
     for k in a[1]:
         assert torch.equal(a[1][k], b[1][k]), k
+
+
+class LayoutNet(nn.Module):
+    """A small model with every kind of companded tensor a checkpoint layout must carry: a conv,
+    a per-channel Linear, an embedding tied to the output layer, and WC stacked on weight_norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 3)
+        self.fc = nn.Linear(6, 8)
+        self.norm = nn.Linear(8, 8)
+        self.embed = nn.Embedding(10, 8)
+        self.head = nn.Linear(8, 10)
+        self.head.weight = self.embed.weight
+        torch.nn.utils.parametrizations.weight_norm(self.norm)
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.fc(self.conv(x).mean(-1)) + self.embed(tokens)
+        return self.head(torch.tanh(self.norm(h)))
+
+    @staticmethod
+    def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(3)
+        return torch.randn(5, 4, 7, generator=g), torch.randint(0, 10, (5,), generator=g)
+
+
+def companded_layout_net(seed: int = 0) -> LayoutNet:
+    """LayoutNet companded as the v1 fixture was: learnable tanh, the fc per channel, trained a few
+    steps so raw values, scales and hyperparameters are all away from their initial values."""
+    import weight_compander as wc
+
+    torch.manual_seed(seed)
+    model = LayoutNet()
+    wc.apply(model, exclude=["fc"], learnable=True)
+    wc.apply(model, include=["fc"], learnable=True, per_channel=True, kind="mulaw")
+    opt = torch.optim.SGD(wc.param_groups(model, weight_decay=1e-3), lr=0.3)
+    x, tokens = LayoutNet.inputs()
+    for _ in range(3):
+        opt.zero_grad()
+        model(x, tokens).square().mean().backward()
+        opt.step()
+    return model
