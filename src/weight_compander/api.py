@@ -15,9 +15,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from . import defaults
+from . import defaults, integrations, state
+from .coverage import Applied, coverage
 from .exceptions import CompanderWarning
 from .functions import Kind, get_kind
+from .layers import output_axis
 from .parametrization import Compander, SharedCompander, make_picklable
 from .selection import Target, companded_entries, has_tensor, select_targets, tied_holders
 
@@ -28,11 +30,24 @@ Include = Iterable[type[nn.Module] | str] | type[nn.Module] | str | None
 
 
 @dataclass
+class _Overflow:
+    """Values of one tensor at or beyond the bound of a bounded kind, and what the policy did."""
+
+    where: str
+    touched: int
+    numel: int
+    kind: str
+    bound: str
+    before: float  # the bound asked for, in units of s
+    raised: float | None  # the bound it was raised to (overflow="expand"); None: clipped
+
+
+@dataclass
 class _Plan:
     target: Target
     compander: Compander
     tied: list[Target]
-    notice: str | None
+    overflow: _Overflow | None
 
 
 def compand(
@@ -58,9 +73,11 @@ def compand(
         kind: a registered kind (``wc.kinds()``): ``"tanh"``, ``"mulaw"``, ``"identity"``.
         learnable: ``True`` to learn all hyperparameters, ``False`` to fix them, or the names of
             those to learn (e.g. ``("limit",)``).
-        scale: ``s``: ``"std"`` (the tensor's std now), ``"channel"`` (std per output channel,
-            dim 0) or a positive number. Hyperparameters are in units of ``s``.
-        per_channel: one set of hyperparameters per output channel (dim 0) instead of one.
+        scale: ``s``: ``"std"`` (the tensor's std now), ``"channel"`` (std per output channel)
+            or a positive number. Hyperparameters are in units of ``s``.
+        per_channel: one set of hyperparameters per output channel instead of one. Output
+            channels lie along the axis registered for the layer type (``wc.register_layer``):
+            dim 0 for Linear and Conv, dim 1 for ConvTranspose and transformers' ``Conv1D``.
         overflow: for bounded kinds, what to do with weights at or beyond the bound:
             ``"expand"`` raises the limit to cover them (outputs unchanged), ``"clip"`` clips
             them to the bound, ``"error"`` raises. Either way a warning says how many.
@@ -88,6 +105,8 @@ def compand(
         Target(name, module, name), None, kind, learnable, scale, per_channel, overflow, hyperparameters
     )
     _register(plan)
+    if plan.overflow:
+        warnings.warn(_overflow_message([plan.overflow]), CompanderWarning, stacklevel=2)
     return module
 
 
@@ -110,14 +129,19 @@ def apply(
         include: what to compand: module types (their weights; ``nn.MultiheadAttention`` means
             ``in_proj_weight``, RNNs their ``weight_*``), module names (``"fc"``) or tensor names
             (``"fc.weight"``, wildcards allowed: ``"encoder.*.weight"``). Default: the
-            ``weight`` of every Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d.
+            ``weight`` of every default layer type of the registry (``wc.layers()``): Linear,
+            Conv1d/2d/3d, ConvTranspose1d/2d/3d and transformers' ``Conv1D``.
         exclude: the same kinds of entries, taken out of ``include``.
         kind, learnable, scale, per_channel, overflow, **hyperparameters: as in ``compand``.
 
     Returns:
-        the names of the companded tensors, e.g. ``["features.0.weight", "fc.weight"]``. A
-        tensor tied to others (one Parameter in several modules) is companded once, under its
-        first name, and all holders keep computing with the same ``f(v)``.
+        the names of the companded tensors, e.g. ``["features.0.weight", "fc.weight"]`` (a list),
+        with ``.coverage``: the share of the model's weight-matrix parameters they make up and
+        the largest tensors left out (``print(names.coverage)``). A tensor tied to others (one
+        Parameter in several modules) is companded once, under its first name, and all holders
+        keep computing with the same ``f(v)``. Values beyond a bound are reported in one
+        ``CompanderWarning`` for all tensors; so is a default selection that compands less
+        than half of the weight-matrix parameters (a layer type missing from the registry).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply needs an nn.Module; got {type(model).__name__}.")
@@ -140,7 +164,20 @@ def apply(
         for plan, original in reversed(started):  # leave the model exactly as it was
             _unregister(plan, original)
         raise
-    return [plan.target.name for plan in plans]
+    integrations.attach(model)
+    overflows = [plan.overflow for plan in plans if plan.overflow]
+    if overflows:
+        warnings.warn(_overflow_message(overflows, len(plans)), CompanderWarning, stacklevel=2)
+    names = Applied(plan.target.name for plan in plans)
+    names.coverage = coverage(model)
+    if include is None and names.coverage.share < defaults.COVERAGE_WARNING:
+        warnings.warn(
+            f"{names.coverage}. Add what should be companded with include=[...], or register "
+            "a layer type once with wc.register_layer(LayerType, 'weight', output_axis=...).",
+            CompanderWarning,
+            stacklevel=2,
+        )
+    return names
 
 
 def remove(model: nn.Module, bake: bool = True) -> nn.Module:
@@ -166,6 +203,7 @@ def remove(model: nn.Module, bake: bool = True) -> nn.Module:
     # one Parameter they share.
     for entry in sorted(entries, key=lambda e: not e.shared):
         _drop(entry.module, entry.tensor_name, entry.index, bake=bake and not entry.shared)
+    integrations.detach(model)
     return model
 
 
@@ -200,9 +238,10 @@ def _plan(target, tied, kind, learnable, scale, per_channel, overflow, hyper) ->
         raise TypeError(f"per_channel must be True or False; got {per_channel!r}.")
     if per_channel and w.dim() < 2:
         raise ValueError(f"per_channel needs a tensor with output channels; {where} is {w.dim()}-D.")
+    axis = _axis(target, w, where) if per_channel or scale == "channel" else 0
     values = _hyper_values(spec, hyper, learned)
-    s = _scale(w, scale, where)
-    shape = (w.shape[0],) + (1,) * (w.dim() - 1) if per_channel else ()
+    s = _scale(w, scale, where, axis)
+    shape = _channel_shape(w, axis) if per_channel else ()
     notice = None
     if spec.bound is not None:
         values[spec.bound], notice = _fit_bound(w, s, values[spec.bound], shape, overflow, where, spec)
@@ -212,6 +251,21 @@ def _plan(target, tied, kind, learnable, scale, per_channel, overflow, hyper) ->
     }
     compander = Compander(spec.name, s, tensors, learned)
     return _Plan(target, compander, tied or [], notice)
+
+
+def _axis(target: Target, w: Tensor, where: str) -> int:
+    axis = output_axis(target.module, target.tensor_name)
+    if not -w.dim() <= axis < w.dim():
+        raise ValueError(
+            f"{where} is {w.dim()}-D, but its layer type registers output axis {axis}; fix the "
+            "entry with wc.register_layer(..., replace=True)."
+        )
+    return axis % w.dim()
+
+
+def _channel_shape(w: Tensor, axis: int) -> tuple[int, ...]:
+    """One entry per output channel along ``axis``, broadcasting over the other dims."""
+    return tuple(n if d == axis else 1 for d, n in enumerate(w.shape))
 
 
 def _learned_names(spec: Kind, learnable: bool | Collection[str]) -> tuple[str, ...]:
@@ -241,14 +295,14 @@ def _hyper_values(spec: Kind, hyper: dict[str, float], learned: tuple[str, ...])
     }
 
 
-def _scale(w: Tensor, scale: str | float, where: str) -> Tensor:
+def _scale(w: Tensor, scale: str | float, where: str, axis: int) -> Tensor:
     if isinstance(scale, str):
         if scale == "std":
             s = w.float().std() if w.numel() > 1 else torch.tensor(0.0)
         elif scale == "channel":
             if w.dim() < 2:
                 raise ValueError(f"scale='channel' needs output channels; {where} is {w.dim()}-D.")
-            s = w.float().flatten(1).std(dim=1).view((-1,) + (1,) * (w.dim() - 1))
+            s = w.float().movedim(axis, 0).flatten(1).std(dim=1).view(_channel_shape(w, axis))
         else:
             raise ValueError(f"scale must be 'std', 'channel' or a positive number; got {scale!r}.")
         zero = int((~(s > 0)).sum())
@@ -265,31 +319,57 @@ def _scale(w: Tensor, scale: str | float, where: str) -> Tensor:
     return torch.tensor(float(scale), dtype=w.dtype, device=w.device)
 
 
-def _fit_bound(w, s, bound, shape, overflow, where, spec) -> tuple[Tensor, str | None]:
+def _fit_bound(w, s, bound, shape, overflow, where, spec) -> tuple[Tensor, _Overflow | None]:
     """Apply the overflow policy: values beyond (1 - margin) * bound cannot invert usefully."""
     ratio = (w.double() / s.double()).abs()
-    peak = ratio.amax(dim=tuple(range(1, w.dim()))).view(shape) if shape else ratio.max()
+    others = tuple(d for d, n in enumerate(shape) if n == 1)  # per channel: reduce all but its axis
+    peak = ratio.amax(dim=others, keepdim=True) if shape else ratio.max()
     usable = 1.0 - defaults.OVERFLOW_MARGIN
     touched = int((ratio > usable * bound).sum())
     if not touched:
         return bound, None
-    what = f"{touched} of {w.numel()} values of {where} lie at or beyond the {spec.name} {spec.bound}"
+    note = _Overflow(where, touched, w.numel(), spec.name, spec.bound, bound.max().item(), None)
     if overflow == "error":
         raise ValueError(
-            f"{what} ({bound.max().item():g}·s); pass a larger {spec.bound}=, overflow='expand' to "
-            f"raise it, or overflow='clip' to clip those values."
+            f"{_overflow_what([note])}; pass a larger {spec.bound}=, overflow='expand' to raise it, "
+            "or overflow='clip' to clip those values."
         )
     if overflow == "expand":
         raised = torch.maximum(bound.expand(peak.shape), peak * (1 + 1e-6) / usable)
-        return (
-            raised,
-            f"{what} ({bound.max().item():g}·s); {spec.bound} raised to {raised.max().item():.4g}·s so they "
-            "invert exactly (overflow='clip' would clip them instead).",
+        note.raised = raised.max().item()
+        return raised, note
+    return bound, note
+
+
+def _overflow_what(notes: list[_Overflow], tensors: int = 1) -> str:
+    first = notes[0]
+    touched, numel = sum(n.touched for n in notes), sum(n.numel for n in notes)
+    if len(notes) == 1:
+        what = f"{touched} of {numel} values of {first.where}"
+    else:
+        worst = sorted(notes, key=lambda n: -n.touched / n.numel)[:3]
+        what = (
+            f"{touched} of {numel} values ({touched / numel:.1%}) in {len(notes)} of {tensors} tensors "
+            f"(most: {', '.join(f'{n.where} {n.touched / n.numel:.1%}' for n in worst)})"
         )
+    return f"{what} lie at or beyond the {first.kind} {first.bound} ({first.before:g}·s)"
+
+
+def _overflow_message(notes: list[_Overflow], tensors: int = 1) -> str:
+    """One warning for all tensors of an ``apply`` call (transformers' N(0, 0.02) init puts ~4% of
+    every weight beyond 2 s: one line per tensor would bury the output)."""
+    first, text = notes[0], _overflow_what(notes, tensors)
+    raised = [n.raised for n in notes if n.raised is not None]
+    if raised:
+        to = f"{max(raised):.4g}·s" if len(notes) == 1 else f"at most {max(raised):.4g}·s"
+        return (
+            f"{text}; {first.bound} raised to {to} so they invert exactly "
+            "(overflow='clip' would clip them instead)."
+        )
+    usable = 1.0 - defaults.OVERFLOW_MARGIN
     return (
-        bound,
-        f"{what} ({bound.max().item():g}·s); clipped to {usable:g}·{spec.bound}·s, so outputs change "
-        "slightly (overflow='expand' would keep them).",
+        f"{text}; clipped to {usable:g}·{first.bound}·s, so outputs change slightly "
+        "(overflow='expand' would keep them)."
     )
 
 
@@ -308,13 +388,13 @@ def _register(plan: _Plan) -> None:
         with torch.no_grad():
             module.parametrizations[name].right_inverse(before)
     make_picklable(module)
+    state.attach(module)
     for holder in plan.tied:
         shared = SharedCompander(plan.compander)
         shared.parameter_order = tuple(holder.module._parameters)
         parametrize.register_parametrization(holder.module, holder.tensor_name, shared)
         make_picklable(holder.module)
-    if plan.notice:
-        warnings.warn(plan.notice, CompanderWarning, stacklevel=3)
+        state.attach(holder.module)
 
 
 def _unregister(plan: _Plan, original: Tensor) -> None:
@@ -346,3 +426,9 @@ def _drop(module: nn.Module, name: str, index: int, bake: bool) -> None:
             params[key] = params.pop(key)
     else:
         del plist[index]  # keep the other parametrizations of this tensor
+    if not any(
+        isinstance(p, Compander | SharedCompander)
+        for plist in getattr(module, "parametrizations", {}).values()
+        for p in plist
+    ):
+        state.detach(module)

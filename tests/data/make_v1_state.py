@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from support import LayoutNet, companded_layout_net  # noqa: E402
+from support import LayoutNet, companded_layout_net
 
 model = companded_layout_net().eval()
 x, tokens = LayoutNet.inputs()
