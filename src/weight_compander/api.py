@@ -199,12 +199,16 @@ def remove(model: nn.Module, bake: bool = True) -> nn.Module:
     entries = companded_entries(model)
     if not entries:
         raise ValueError("nothing in this model is companded, so there is nothing to remove.")
+    _remove_entries(entries, bake)
+    integrations.detach(model)
+    return model
+
+
+def _remove_entries(entries: list, bake: bool) -> None:
     # Second holders of tied tensors first: the first holder's bake then writes f(v) into the
     # one Parameter they share.
     for entry in sorted(entries, key=lambda e: not e.shared):
         _drop(entry.module, entry.tensor_name, entry.index, bake=bake and not entry.shared)
-    integrations.detach(model)
-    return model
 
 
 # --- planning: all checks, no side effects ----------------------------------------------------

@@ -26,6 +26,7 @@ Checkpoints hold both ``v`` and ``f(v)``, so companded tensors take twice their 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
 
@@ -101,10 +102,8 @@ def _effective(module: nn.Module, name: str, compander: Compander, destination: 
         return value
     with torch.no_grad():
         value = getattr(module, name).detach()
-    try:
+    with contextlib.suppress(TypeError):  # a plain dict as destination has no weak references
         _EFFECTIVE[compander] = (weakref.ref(destination), weakref.ref(value))
-    except TypeError:  # a plain dict passed as destination cannot be referenced weakly
-        pass
     return value
 
 
