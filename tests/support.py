@@ -71,11 +71,15 @@ class LayoutNet(nn.Module):
 def companded_layout_net(seed: int = 0) -> LayoutNet:
     """LayoutNet companded as the v1 fixture was: learnable tanh, the fc per channel, trained a few
     steps so raw values, scales and hyperparameters are all away from their initial values."""
+    import warnings
+
     import weight_compander as wc
 
     torch.manual_seed(seed)
     model = LayoutNet()
-    wc.apply(model, exclude=["fc"], learnable=True)
+    with warnings.catch_warnings():  # the embedding's N(0, 1) init reaches the limit: raised
+        warnings.simplefilter("ignore", wc.CompanderWarning)
+        wc.apply(model, exclude=["fc"], learnable=True)
     wc.apply(model, include=["fc"], learnable=True, per_channel=True, kind="mulaw")
     opt = torch.optim.SGD(wc.param_groups(model, weight_decay=1e-3), lr=0.3)
     x, tokens = LayoutNet.inputs()
@@ -84,3 +88,18 @@ def companded_layout_net(seed: int = 0) -> LayoutNet:
         model(x, tokens).square().mean().backward()
         opt.step()
     return model
+
+
+def native_state_dict(model: nn.Module) -> dict:
+    """The state dict in checkpoint layout 1, as weight-compander wrote it before layout 2:
+    torch's own parametrize keys (what ``state_dict`` gives without the library's hooks)."""
+    from weight_compander import state
+
+    hooked = [m for m in model.modules() if getattr(m, state._HOOKS, None)]
+    for m in hooked:
+        state.detach(m)
+    try:
+        return model.state_dict()
+    finally:
+        for m in hooked:
+            state.attach(m)

@@ -17,7 +17,7 @@ from .bilevel import hyper_step
 from .coverage import Applied, Coverage, coverage
 from .exceptions import CompanderWarning
 from .functions import Hyperparameter, Kind, get_kind, kinds, register_kind
-from .layers import LayerSpec, layers, register_layer
+from .layer_types import LayerSpec, layers, register_layer
 from .optim import hyperparameters, named_hyperparameters, param_groups
 from .parametrization import Compander
 from .state import LAYOUT_VERSION, plain_state_dict

@@ -19,7 +19,7 @@ from . import defaults, integrations, state
 from .coverage import Applied, coverage
 from .exceptions import CompanderWarning
 from .functions import Kind, get_kind
-from .layers import output_axis
+from .layer_types import output_axis
 from .parametrization import Compander, SharedCompander, make_picklable
 from .selection import Target, companded_entries, has_tensor, select_targets, tied_holders
 

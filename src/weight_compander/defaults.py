@@ -26,5 +26,5 @@ NEAR_ZERO = 0.1
 OVERFLOW_MARGIN = 0.02
 
 # ``apply`` without ``include`` warns when it compands less than this share of the model's
-# weight-matrix parameters: a layer type is probably missing from the registry (``layers.py``).
+# weight-matrix parameters: a layer type is probably missing from the registry (``layer_types.py``).
 COVERAGE_WARNING = 0.5

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .layers import layer_spec, tensor_names
+from .layer_types import layer_spec, tensor_names
 from .parametrization import Compander, SharedCompander
 
 __all__ = ["Entry", "Target", "companded_entries", "select_targets", "tied_holders"]
