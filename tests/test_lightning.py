@@ -42,7 +42,9 @@ def fit(root, epochs, ckpt_path=None):
 
 
 @pytest.mark.filterwarnings(
-    "ignore:.*does not have many workers", "ignore:.*LeafSpec.*is deprecated", "ignore:The dirpath has changed"
+    "ignore:.*does not have many workers",
+    "ignore:.*LeafSpec.*is deprecated",
+    "ignore:The dirpath has changed",
 )
 def test_fit_checkpoint_resume_ends_equal_to_an_uninterrupted_run(tmp_path):
     whole = fit(tmp_path / "whole", epochs=2)
