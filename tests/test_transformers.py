@@ -4,7 +4,6 @@ Tiny models built from configs (no downloads, no network): GPT-2 (``Conv1D`` lay
 layer tied to the token embedding) and Llama (``nn.Linear`` layers, untied output layer).
 """
 
-import os
 import warnings
 
 import pytest
@@ -14,7 +13,6 @@ from torch.nn.utils.parametrizations import weight_norm
 import weight_compander as wc
 from support import assert_same, native_state_dict, snapshot
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # never reach the hub, even by accident
 transformers = pytest.importorskip(
     "transformers", reason="the integrations extra is not installed: pip install -e '.[integrations]'"
 )

@@ -149,9 +149,12 @@ def apply(
     seen: set[int] = set()
     for target in select_targets(model, include, exclude):
         tensor = _tensor(target)
-        if id(tensor) in seen:
+        # A tied Parameter once; a parametrized tensor (weight_norm) is computed anew on every
+        # access, so its id can be a recycled one: tell it by its parametrization list instead.
+        key = id(_stored(target))
+        if key in seen:
             continue
-        seen.add(id(tensor))
+        seen.add(key)
         holders = tied_holders(model, tensor) if isinstance(tensor, nn.Parameter) else []
         tied = [h for h in holders if h.module is not target.module or h.tensor_name != target.tensor_name]
         plans.append(_plan(target, tied, kind, learnable, scale, per_channel, overflow, hyperparameters))
@@ -216,6 +219,13 @@ def _remove_entries(entries: list, bake: bool) -> None:
 
 def _tensor(target: Target) -> Tensor:
     return getattr(target.module, target.tensor_name)
+
+
+def _stored(target: Target) -> object:
+    """What holds the tensor for as long as it lives: its Parameter, or its parametrization list."""
+    if parametrize.is_parametrized(target.module, target.tensor_name):
+        return target.module.parametrizations[target.tensor_name]
+    return _tensor(target)
 
 
 def _plan(target, tied, kind, learnable, scale, per_channel, overflow, hyper) -> _Plan:

@@ -53,9 +53,10 @@ def attach(module: nn.Module) -> None:
     """Give a module holding companded tensors the layout-2 save hook and the load hook."""
     if getattr(module, _HOOKS, None):
         return
+    # torch < 2.5 has only the private forms of the two hook registrations
     register = getattr(module, "register_state_dict_post_hook", module._register_state_dict_hook)
     save = register(_save_hook)
-    load = module.register_load_state_dict_pre_hook(_load_hook)
+    load = module._register_load_state_dict_pre_hook(_load_hook, with_module=True)
     setattr(module, _HOOKS, (save.id, load.id))
 
 

@@ -22,17 +22,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.modeling_utils import PreTrainedModel
 
 from .. import api, state
 from ..exceptions import CompanderWarning
 from ..optim import param_groups
 from ..parametrization import Compander, SharedCompander, make_picklable
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 __all__ = ["attach", "detach", "from_pretrained", "load_checkpoint", "optimizers"]
 
@@ -50,6 +53,8 @@ def optimizers(
     Trainer's own optimizer exempts only biases and norms, so it would decay ``log(limit)`` and
     ``log(gain - 1)`` toward 0. ``None`` lets Trainer build its scheduler from ``args`` as usual.
     """
+    from transformers import Trainer  # needs accelerate: imported only when a Trainer is wanted
+
     cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     if not isinstance(cls, type) or {"params", "model", "optimizer_dict"} & set(kwargs):
         raise ValueError(
