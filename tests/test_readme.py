@@ -22,7 +22,7 @@ def run(code: str) -> dict:
     return namespace
 
 
-@pytest.mark.filterwarnings("ignore::weight_compander.CompanderWarning")
+@pytest.mark.filterwarnings("ignore::weight_compander.CompanderWarning", "ignore:'pin_memory' argument")
 def test_transformers_example(tmp_path, monkeypatch, capsys):
     pytest.importorskip("transformers", reason=MISSING)
     monkeypatch.chdir(tmp_path)

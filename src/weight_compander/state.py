@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import warnings
 import weakref
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -129,14 +131,19 @@ def _plain_view(plist, index: int, effective: Tensor, prefix: str, name: str) ->
     return view
 
 
-def _save_hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+def _companded(module: nn.Module, prefix: str) -> Iterator[tuple[str, Any, int, str]]:
+    """Per companded tensor of the module: its name, its parametrization list, the compander's
+    index in that list, and the native key prefix of its state."""
     if not parametrize.is_parametrized(module):
         return
     for name, plist in module.parametrizations.items():
         index = _compander_index(plist)
-        if index is None:
-            continue
-        native = f"{prefix}parametrizations.{name}."
+        if index is not None:
+            yield name, plist, index, f"{prefix}parametrizations.{name}."
+
+
+def _save_hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    for name, plist, index, native in _companded(module, prefix):
         keys = [native + k for k in plist.state_dict(keep_vars=True) if native + k in state_dict]
         moved = {k: state_dict.pop(k) for k in keys}
         p = plist[index]
@@ -156,13 +163,7 @@ def _save_hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata:
 
 def _load_hook(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
     """Turn layout 2 (or plain keys) into torch's native keys before the module loads them."""
-    if not parametrize.is_parametrized(module):
-        return
-    for name, plist in module.parametrizations.items():
-        index = _compander_index(plist)
-        if index is None:
-            continue
-        native = f"{prefix}parametrizations.{name}."
+    for name, plist, index, native in _companded(module, prefix):
         if isinstance(plist[index], SharedCompander):
             state_dict.pop(prefix + name, None)
             if not any(k.startswith(native) for k in state_dict):

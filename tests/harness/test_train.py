@@ -75,10 +75,8 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
     assert untimed(metrics(tmp_path / "c")) != untimed(metrics(tmp_path / "a"))
 
 
-def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch):
-    cfg = TrainConfig(**BUSY)
-    whole = train.run(cfg, tmp_path / "whole", progress="quiet")
-
+def interrupted(cfg, run_dir, monkeypatch) -> list[int]:
+    """Run until the first checkpoint is written, then die as if killed; the epochs saved."""
     real_save, saves = checkpoint.save, []
 
     def save_then_die(state, run_dir):  # a kill right after the first epoch's checkpoint
@@ -88,9 +86,16 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
 
     monkeypatch.setattr(checkpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, tmp_path / "cut", progress="quiet")
+        train.run(cfg, run_dir, progress="quiet")
     monkeypatch.setattr(checkpoint, "save", real_save)
-    assert saves == [1] and not (tmp_path / "cut" / "final.json").exists()
+    return saves
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = TrainConfig(**BUSY)
+    whole = train.run(cfg, tmp_path / "whole", progress="quiet")
+    assert interrupted(cfg, tmp_path / "cut", monkeypatch) == [1]
+    assert not (tmp_path / "cut" / "final.json").exists()
 
     resumed = train.run(cfg, tmp_path / "cut", resume=True, progress="quiet")
     assert untimed(resumed) == untimed(whole)
@@ -103,16 +108,7 @@ def test_run_folders_written_before_checkpoint_layout_2_resume_the_same(tmp_path
     """Checkpoints of older versions hold the model in layout 1 (torch's own parametrize keys)."""
     cfg = TrainConfig(**BUSY)
     whole = train.run(cfg, tmp_path / "whole", progress="quiet")
-    real_save = checkpoint.save
-
-    def save_then_die(state, run_dir):
-        real_save(state, run_dir)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, tmp_path / "cut", progress="quiet")
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    interrupted(cfg, tmp_path / "cut", monkeypatch)
     state = checkpoint.load(tmp_path / "cut" / checkpoint.CHECKPOINT)
     model = train.load_model(tmp_path / "cut")
     for module in model.modules():  # what state_dict gave before layout 2
