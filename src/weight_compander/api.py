@@ -20,26 +20,14 @@ from .coverage import Applied, coverage
 from .exceptions import CompanderWarning
 from .functions import Kind, get_kind
 from .layer_types import output_axis
+from .overflow import POLICIES, Overflow, fit_bound
+from .overflow import message as overflow_message
 from .parametrization import Compander, SharedCompander, make_picklable
 from .selection import Target, companded_entries, has_tensor, select_targets, tied_holders
 
 __all__ = ["apply", "compand", "remove"]
 
-OVERFLOW_POLICIES = ("expand", "clip", "error")
 Include = Iterable[type[nn.Module] | str] | type[nn.Module] | str | None
-
-
-@dataclass
-class _Overflow:
-    """Values of one tensor at or beyond the bound of a bounded kind, and what the policy did."""
-
-    where: str
-    touched: int
-    numel: int
-    kind: str
-    bound: str
-    before: float  # the bound asked for, in units of s
-    raised: float | None  # the bound it was raised to (overflow="expand"); None: clipped
 
 
 @dataclass
@@ -47,7 +35,7 @@ class _Plan:
     target: Target
     compander: Compander
     tied: list[Target]
-    overflow: _Overflow | None
+    overflow: Overflow | None
 
 
 def compand(
@@ -106,7 +94,7 @@ def compand(
     )
     _register(plan)
     if plan.overflow:
-        warnings.warn(_overflow_message([plan.overflow]), CompanderWarning, stacklevel=2)
+        warnings.warn(overflow_message([plan.overflow]), CompanderWarning, stacklevel=2)
     return module
 
 
@@ -170,7 +158,7 @@ def apply(
     integrations.attach(model)
     overflows = [plan.overflow for plan in plans if plan.overflow]
     if overflows:
-        warnings.warn(_overflow_message(overflows, len(plans)), CompanderWarning, stacklevel=2)
+        warnings.warn(overflow_message(overflows, len(plans)), CompanderWarning, stacklevel=2)
     names = Applied(plan.target.name for plan in plans)
     names.coverage = coverage(model)
     if include is None and names.coverage.share < defaults.COVERAGE_WARNING:
@@ -246,8 +234,8 @@ def _plan(target, tied, kind, learnable, scale, per_channel, overflow, hyper) ->
             f"kind {spec.name!r} differs from the registered one; register it with wc.register_kind."
         )
     learned = _learned_names(spec, learnable)
-    if overflow not in OVERFLOW_POLICIES:
-        raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {overflow!r}.")
+    if overflow not in POLICIES:
+        raise ValueError(f"overflow must be one of {', '.join(POLICIES)}; got {overflow!r}.")
     if not isinstance(per_channel, bool):
         raise TypeError(f"per_channel must be True or False; got {per_channel!r}.")
     if per_channel and w.dim() < 2:
@@ -256,15 +244,15 @@ def _plan(target, tied, kind, learnable, scale, per_channel, overflow, hyper) ->
     values = _hyper_values(spec, hyper, learned)
     s = _scale(w, scale, where, axis)
     shape = _channel_shape(w, axis) if per_channel else ()
-    notice = None
+    note = None
     if spec.bound is not None:
-        values[spec.bound], notice = _fit_bound(w, s, values[spec.bound], shape, overflow, where, spec)
+        values[spec.bound], note = fit_bound(w, s, values[spec.bound], shape, overflow, where, spec)
         spec.hyperparameters[spec.bound].check(spec.name, spec.bound, values[spec.bound].max().item(), False)
     tensors = {
         n: torch.as_tensor(v, dtype=w.dtype, device=w.device).expand(shape).clone() for n, v in values.items()
     }
     compander = Compander(spec.name, s, tensors, learned)
-    return _Plan(target, compander, tied or [], notice)
+    return _Plan(target, compander, tied or [], note)
 
 
 def _axis(target: Target, w: Tensor, where: str) -> int:
@@ -331,60 +319,6 @@ def _scale(w: Tensor, scale: str | float, where: str, axis: int) -> Tensor:
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a finite positive number; got {scale}.")
     return torch.tensor(float(scale), dtype=w.dtype, device=w.device)
-
-
-def _fit_bound(w, s, bound, shape, overflow, where, spec) -> tuple[Tensor, _Overflow | None]:
-    """Apply the overflow policy: values beyond (1 - margin) * bound cannot invert usefully."""
-    ratio = (w.double() / s.double()).abs()
-    others = tuple(d for d, n in enumerate(shape) if n == 1)  # per channel: reduce all but its axis
-    peak = ratio.amax(dim=others, keepdim=True) if shape else ratio.max()
-    usable = 1.0 - defaults.OVERFLOW_MARGIN
-    touched = int((ratio > usable * bound).sum())
-    if not touched:
-        return bound, None
-    note = _Overflow(where, touched, w.numel(), spec.name, spec.bound, bound.max().item(), None)
-    if overflow == "error":
-        raise ValueError(
-            f"{_overflow_what([note])}; pass a larger {spec.bound}=, overflow='expand' to raise it, "
-            "or overflow='clip' to clip those values."
-        )
-    if overflow == "expand":
-        raised = torch.maximum(bound.expand(peak.shape), peak * (1 + 1e-6) / usable)
-        note.raised = raised.max().item()
-        return raised, note
-    return bound, note
-
-
-def _overflow_what(notes: list[_Overflow], tensors: int = 1) -> str:
-    first = notes[0]
-    touched, numel = sum(n.touched for n in notes), sum(n.numel for n in notes)
-    if len(notes) == 1:
-        what = f"{touched} of {numel} values of {first.where}"
-    else:
-        worst = sorted(notes, key=lambda n: -n.touched / n.numel)[:3]
-        what = (
-            f"{touched} of {numel} values ({touched / numel:.1%}) in {len(notes)} of {tensors} tensors "
-            f"(most: {', '.join(f'{n.where} {n.touched / n.numel:.1%}' for n in worst)})"
-        )
-    return f"{what} lie at or beyond the {first.kind} {first.bound} ({first.before:g}·s)"
-
-
-def _overflow_message(notes: list[_Overflow], tensors: int = 1) -> str:
-    """One warning for all tensors of an ``apply`` call (transformers' N(0, 0.02) init puts ~4% of
-    every weight beyond 2 s: one line per tensor would bury the output)."""
-    first, text = notes[0], _overflow_what(notes, tensors)
-    raised = [n.raised for n in notes if n.raised is not None]
-    if raised:
-        to = f"{max(raised):.4g}·s" if len(notes) == 1 else f"at most {max(raised):.4g}·s"
-        return (
-            f"{text}; {first.bound} raised to {to} so they invert exactly "
-            "(overflow='clip' would clip them instead)."
-        )
-    usable = 1.0 - defaults.OVERFLOW_MARGIN
-    return (
-        f"{text}; clipped to {usable:g}·{first.bound}·s, so outputs change slightly "
-        "(overflow='expand' would keep them)."
-    )
 
 
 # --- registration -----------------------------------------------------------------------------
