@@ -1,5 +1,7 @@
 """The layer registry (type -> tensors, output axis) and coverage: what apply compands, and says."""
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -139,3 +141,10 @@ def test_overflow_is_one_summary_warning_per_apply():
         wc.apply(model)
     assert len(caught) == 1
     assert "values (4." in str(caught[0].message) and "in 6 of 6 tensors" in str(caught[0].message)
+
+
+def test_the_core_library_imports_no_training_framework():
+    """transformers' Conv1D is registered by path, and integrations load only with their framework."""
+    code = "import sys, torch, weight_compander as wc; wc.apply(torch.nn.Linear(3, 2)); print(*sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert not {"transformers", "lightning", "accelerate"} & set(loaded.split())

@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from transformers.modeling_utils import PreTrainedModel
+
+try:
+    from transformers.modeling_utils import PreTrainedModel
+except ImportError as err:  # the core library needs only torch
+    raise ImportError(
+        "weight_compander.integrations.transformers needs transformers and accelerate: "
+        "pip install 'weight-compander[integrations]'"
+    ) from err
 
 from .. import api, state
 from ..exceptions import CompanderWarning
