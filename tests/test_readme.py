@@ -41,6 +41,7 @@ def test_transformers_example(tmp_path, monkeypatch, capsys):
     "ignore:.*does not have many workers",
     "ignore:.*LeafSpec.*is deprecated",
     "ignore:.*GPU available",
+    "ignore:Checkpoint directory .* exists and is not empty",  # the example's resume, same folder
 )
 def test_lightning_example(tmp_path, monkeypatch):
     pytest.importorskip("lightning", reason=MISSING)
