@@ -4,7 +4,7 @@
 #   bash run.sh test    set up (first time only), then run the default test suite + ruff
 #   bash run.sh setup   set up only
 # Set-up: a virtual environment in .venv, PyTorch 2.13.0 (CPU, from this machine's disk),
-# the package with its harness and dev extras, and Fashion-MNIST from Debian when we are root.
+# the package with its harness, dev and integrations (transformers, lightning) extras, and Fashion-MNIST from Debian when we are root.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
@@ -20,7 +20,7 @@ setup() {
     fi
     # torch first, pinned, so no resolver ever reaches for a multi-GB CUDA build.
     pip_install "torch==2.13.0"
-    pip_install -e ".[dev]"
+    pip_install -e ".[dev,integrations]"
     if [ ! -d /usr/share/datasets/fashion-mnist ]; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \

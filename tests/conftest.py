@@ -1,10 +1,15 @@
 """Fixtures of the library tests."""
 
+import os
+
 import pytest
 import torch
 from torch import nn
 
 from support import small_cnn
+
+# Tests build every model from a config: nothing may reach the Hugging Face Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture

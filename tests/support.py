@@ -90,3 +90,62 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+class LayoutNet(nn.Module):
+    """A small model with every kind of companded tensor a checkpoint layout must carry: a conv,
+    a per-channel Linear, an embedding tied to the output layer, and WC stacked on weight_norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 6, 3)
+        self.fc = nn.Linear(6, 8)
+        self.norm = nn.Linear(8, 8)
+        self.embed = nn.Embedding(10, 8)
+        self.head = nn.Linear(8, 10)
+        self.head.weight = self.embed.weight
+        torch.nn.utils.parametrizations.weight_norm(self.norm)
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.fc(self.conv(x).mean(-1)) + self.embed(tokens)
+        return self.head(torch.tanh(self.norm(h)))
+
+    @staticmethod
+    def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(3)
+        return torch.randn(5, 4, 7, generator=g), torch.randint(0, 10, (5,), generator=g)
+
+
+def companded_layout_net(seed: int = 0) -> LayoutNet:
+    """LayoutNet companded as the v1 fixture was: learnable tanh, the fc per channel, trained a few
+    steps so raw values, scales and hyperparameters are all away from their initial values."""
+    import warnings
+
+    import weight_compander as wc
+
+    torch.manual_seed(seed)
+    model = LayoutNet()
+    with warnings.catch_warnings():  # the embedding's N(0, 1) init reaches the limit: raised
+        warnings.simplefilter("ignore", wc.CompanderWarning)
+        wc.apply(model, exclude=["fc"], learnable=True)
+    wc.apply(model, include=["fc"], learnable=True, per_channel=True, kind="mulaw")
+    opt = torch.optim.SGD(wc.param_groups(model, weight_decay=1e-3), lr=0.3)
+    x, tokens = LayoutNet.inputs()
+    for _ in range(3):
+        opt.zero_grad()
+        model(x, tokens).square().mean().backward()
+        opt.step()
+    return model
+
+
+def native_state_dict(model: nn.Module) -> dict:
+    """The state dict in checkpoint layout 1, as weight-compander wrote it before layout 2:
+    torch's own parametrize keys (what ``state_dict`` gives without the library's hooks)."""
+    from weight_compander import state
+
+    hooked = [m for m in model.modules() if getattr(m, state._HOOKS, None)]
+    for m in hooked:
+        state.detach(m)
+    try:
+        return model.state_dict()
+    finally:
+        for m in hooked:
+            state.attach(m)

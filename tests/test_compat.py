@@ -81,7 +81,8 @@ def test_composes_with_weight_norm(images):
             weight_norm(m)
     model.eval()
     before = model(images)
-    wc.apply(model, learnable=True)
+    # every one, although a weight_norm'd weight is a new tensor (with a recyclable id) per access
+    assert wc.apply(model, learnable=True) == ["0.weight", "3.weight", "5.weight", "8.weight", "10.weight"]
     assert (model(images) - before).abs().max() <= 1e-5
     assert isinstance(model[0].parametrizations.weight[0], type(model[8].parametrizations.weight[0]))
     assert isinstance(model[0].parametrizations.weight[1], wc.Compander)

@@ -14,10 +14,13 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .api import apply, compand, remove
 from .bilevel import hyper_step
+from .coverage import Applied, Coverage, coverage
 from .exceptions import CompanderWarning
 from .functions import Hyperparameter, Kind, get_kind, kinds, register_kind
+from .layer_types import LayerSpec, layers, register_layer
 from .optim import hyperparameters, named_hyperparameters, param_groups
 from .parametrization import Compander
+from .state import LAYOUT_VERSION, plain_state_dict
 from .stats import StatsTable, format_stats, stats, weights
 
 try:
@@ -26,22 +29,30 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "LAYOUT_VERSION",
+    "Applied",
     "Compander",
     "CompanderWarning",
+    "Coverage",
     "Hyperparameter",
     "Kind",
+    "LayerSpec",
     "StatsTable",
     "__version__",
     "apply",
     "compand",
+    "coverage",
     "format_stats",
     "get_kind",
     "hyper_step",
     "hyperparameters",
     "kinds",
+    "layers",
     "named_hyperparameters",
     "param_groups",
+    "plain_state_dict",
     "register_kind",
+    "register_layer",
     "remove",
     "stats",
     "weights",

@@ -15,15 +15,18 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from . import defaults
+from . import defaults, integrations, state
+from .coverage import Applied, coverage
 from .exceptions import CompanderWarning
 from .functions import Kind, get_kind
+from .layer_types import output_axis
+from .overflow import POLICIES, Overflow, fit_bound
+from .overflow import message as overflow_message
 from .parametrization import Compander, SharedCompander, make_picklable
 from .selection import Target, companded_entries, has_tensor, select_targets, tied_holders
 
 __all__ = ["apply", "compand", "remove"]
 
-OVERFLOW_POLICIES = ("expand", "clip", "error")
 Include = Iterable[type[nn.Module] | str] | type[nn.Module] | str | None
 
 
@@ -32,7 +35,7 @@ class _Plan:
     target: Target
     compander: Compander
     tied: list[Target]
-    notice: str | None
+    overflow: Overflow | None
 
 
 def compand(
@@ -58,9 +61,11 @@ def compand(
         kind: a registered kind (``wc.kinds()``): ``"tanh"``, ``"mulaw"``, ``"identity"``.
         learnable: ``True`` to learn all hyperparameters, ``False`` to fix them, or the names of
             those to learn (e.g. ``("limit",)``).
-        scale: ``s``: ``"std"`` (the tensor's std now), ``"channel"`` (std per output channel,
-            dim 0) or a positive number. Hyperparameters are in units of ``s``.
-        per_channel: one set of hyperparameters per output channel (dim 0) instead of one.
+        scale: ``s``: ``"std"`` (the tensor's std now), ``"channel"`` (std per output channel)
+            or a positive number. Hyperparameters are in units of ``s``.
+        per_channel: one set of hyperparameters per output channel instead of one. Output
+            channels lie along the axis registered for the layer type (``wc.register_layer``):
+            dim 0 for Linear and Conv, dim 1 for ConvTranspose and transformers' ``Conv1D``.
         overflow: for bounded kinds, what to do with weights at or beyond the bound:
             ``"expand"`` raises the limit to cover them (outputs unchanged), ``"clip"`` clips
             them to the bound, ``"error"`` raises. Either way a warning says how many.
@@ -88,6 +93,8 @@ def compand(
         Target(name, module, name), None, kind, learnable, scale, per_channel, overflow, hyperparameters
     )
     _register(plan)
+    if plan.overflow:
+        warnings.warn(overflow_message([plan.overflow]), CompanderWarning, stacklevel=2)
     return module
 
 
@@ -110,14 +117,19 @@ def apply(
         include: what to compand: module types (their weights; ``nn.MultiheadAttention`` means
             ``in_proj_weight``, RNNs their ``weight_*``), module names (``"fc"``) or tensor names
             (``"fc.weight"``, wildcards allowed: ``"encoder.*.weight"``). Default: the
-            ``weight`` of every Linear, Conv1d/2d/3d and ConvTranspose1d/2d/3d.
+            ``weight`` of every default layer type of the registry (``wc.layers()``): Linear,
+            Conv1d/2d/3d, ConvTranspose1d/2d/3d and transformers' ``Conv1D``.
         exclude: the same kinds of entries, taken out of ``include``.
         kind, learnable, scale, per_channel, overflow, **hyperparameters: as in ``compand``.
 
     Returns:
-        the names of the companded tensors, e.g. ``["features.0.weight", "fc.weight"]``. A
-        tensor tied to others (one Parameter in several modules) is companded once, under its
-        first name, and all holders keep computing with the same ``f(v)``.
+        the names of the companded tensors, e.g. ``["features.0.weight", "fc.weight"]`` (a list),
+        with ``.coverage``: the share of the model's weight-matrix parameters they make up and
+        the largest tensors left out (``print(names.coverage)``). A tensor tied to others (one
+        Parameter in several modules) is companded once, under its first name, and all holders
+        keep computing with the same ``f(v)``. Values beyond a bound are reported in one
+        ``CompanderWarning`` for all tensors; so is a default selection that compands less
+        than half of the weight-matrix parameters (a layer type missing from the registry).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply needs an nn.Module; got {type(model).__name__}.")
@@ -125,9 +137,12 @@ def apply(
     seen: set[int] = set()
     for target in select_targets(model, include, exclude):
         tensor = _tensor(target)
-        if id(tensor) in seen:
+        # A tied Parameter once; a parametrized tensor (weight_norm) is computed anew on every
+        # access, so its id can be a recycled one: tell it by its parametrization list instead.
+        key = id(_stored(target))
+        if key in seen:
             continue
-        seen.add(id(tensor))
+        seen.add(key)
         holders = tied_holders(model, tensor) if isinstance(tensor, nn.Parameter) else []
         tied = [h for h in holders if h.module is not target.module or h.tensor_name != target.tensor_name]
         plans.append(_plan(target, tied, kind, learnable, scale, per_channel, overflow, hyperparameters))
@@ -140,7 +155,20 @@ def apply(
         for plan, original in reversed(started):  # leave the model exactly as it was
             _unregister(plan, original)
         raise
-    return [plan.target.name for plan in plans]
+    integrations.attach(model)
+    overflows = [plan.overflow for plan in plans if plan.overflow]
+    if overflows:
+        warnings.warn(overflow_message(overflows, len(plans)), CompanderWarning, stacklevel=2)
+    names = Applied(plan.target.name for plan in plans)
+    names.coverage = coverage(model)
+    if include is None and names.coverage.share < defaults.COVERAGE_WARNING:
+        warnings.warn(
+            f"{names.coverage}. Add what should be companded with include=[...], or register "
+            "a layer type once with wc.register_layer(LayerType, 'weight', output_axis=...).",
+            CompanderWarning,
+            stacklevel=2,
+        )
+    return names
 
 
 def remove(model: nn.Module, bake: bool = True) -> nn.Module:
@@ -162,11 +190,16 @@ def remove(model: nn.Module, bake: bool = True) -> nn.Module:
     entries = companded_entries(model)
     if not entries:
         raise ValueError("nothing in this model is companded, so there is nothing to remove.")
+    _remove_entries(entries, bake)
+    integrations.detach(model)
+    return model
+
+
+def _remove_entries(entries: list, bake: bool) -> None:
     # Second holders of tied tensors first: the first holder's bake then writes f(v) into the
     # one Parameter they share.
     for entry in sorted(entries, key=lambda e: not e.shared):
         _drop(entry.module, entry.tensor_name, entry.index, bake=bake and not entry.shared)
-    return model
 
 
 # --- planning: all checks, no side effects ----------------------------------------------------
@@ -174,6 +207,13 @@ def remove(model: nn.Module, bake: bool = True) -> nn.Module:
 
 def _tensor(target: Target) -> Tensor:
     return getattr(target.module, target.tensor_name)
+
+
+def _stored(target: Target) -> object:
+    """What holds the tensor for as long as it lives: its Parameter, or its parametrization list."""
+    if parametrize.is_parametrized(target.module, target.tensor_name):
+        return target.module.parametrizations[target.tensor_name]
+    return _tensor(target)
 
 
 def _plan(target, tied, kind, learnable, scale, per_channel, overflow, hyper) -> _Plan:
@@ -194,24 +234,40 @@ def _plan(target, tied, kind, learnable, scale, per_channel, overflow, hyper) ->
             f"kind {spec.name!r} differs from the registered one; register it with wc.register_kind."
         )
     learned = _learned_names(spec, learnable)
-    if overflow not in OVERFLOW_POLICIES:
-        raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}; got {overflow!r}.")
+    if overflow not in POLICIES:
+        raise ValueError(f"overflow must be one of {', '.join(POLICIES)}; got {overflow!r}.")
     if not isinstance(per_channel, bool):
         raise TypeError(f"per_channel must be True or False; got {per_channel!r}.")
     if per_channel and w.dim() < 2:
         raise ValueError(f"per_channel needs a tensor with output channels; {where} is {w.dim()}-D.")
+    axis = _axis(target, w, where) if per_channel or scale == "channel" else 0
     values = _hyper_values(spec, hyper, learned)
-    s = _scale(w, scale, where)
-    shape = (w.shape[0],) + (1,) * (w.dim() - 1) if per_channel else ()
-    notice = None
+    s = _scale(w, scale, where, axis)
+    shape = _channel_shape(w, axis) if per_channel else ()
+    note = None
     if spec.bound is not None:
-        values[spec.bound], notice = _fit_bound(w, s, values[spec.bound], shape, overflow, where, spec)
+        values[spec.bound], note = fit_bound(w, s, values[spec.bound], shape, overflow, where, spec)
         spec.hyperparameters[spec.bound].check(spec.name, spec.bound, values[spec.bound].max().item(), False)
     tensors = {
         n: torch.as_tensor(v, dtype=w.dtype, device=w.device).expand(shape).clone() for n, v in values.items()
     }
     compander = Compander(spec.name, s, tensors, learned)
-    return _Plan(target, compander, tied or [], notice)
+    return _Plan(target, compander, tied or [], note)
+
+
+def _axis(target: Target, w: Tensor, where: str) -> int:
+    axis = output_axis(target.module, target.tensor_name)
+    if not -w.dim() <= axis < w.dim():
+        raise ValueError(
+            f"{where} is {w.dim()}-D, but its layer type registers output axis {axis}; fix the "
+            "entry with wc.register_layer(..., replace=True)."
+        )
+    return axis % w.dim()
+
+
+def _channel_shape(w: Tensor, axis: int) -> tuple[int, ...]:
+    """One entry per output channel along ``axis``, broadcasting over the other dims."""
+    return tuple(n if d == axis else 1 for d, n in enumerate(w.shape))
 
 
 def _learned_names(spec: Kind, learnable: bool | Collection[str]) -> tuple[str, ...]:
@@ -241,14 +297,14 @@ def _hyper_values(spec: Kind, hyper: dict[str, float], learned: tuple[str, ...])
     }
 
 
-def _scale(w: Tensor, scale: str | float, where: str) -> Tensor:
+def _scale(w: Tensor, scale: str | float, where: str, axis: int) -> Tensor:
     if isinstance(scale, str):
         if scale == "std":
             s = w.float().std() if w.numel() > 1 else torch.tensor(0.0)
         elif scale == "channel":
             if w.dim() < 2:
                 raise ValueError(f"scale='channel' needs output channels; {where} is {w.dim()}-D.")
-            s = w.float().flatten(1).std(dim=1).view((-1,) + (1,) * (w.dim() - 1))
+            s = w.float().movedim(axis, 0).flatten(1).std(dim=1).view(_channel_shape(w, axis))
         else:
             raise ValueError(f"scale must be 'std', 'channel' or a positive number; got {scale!r}.")
         zero = int((~(s > 0)).sum())
@@ -263,34 +319,6 @@ def _scale(w: Tensor, scale: str | float, where: str) -> Tensor:
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a finite positive number; got {scale}.")
     return torch.tensor(float(scale), dtype=w.dtype, device=w.device)
-
-
-def _fit_bound(w, s, bound, shape, overflow, where, spec) -> tuple[Tensor, str | None]:
-    """Apply the overflow policy: values beyond (1 - margin) * bound cannot invert usefully."""
-    ratio = (w.double() / s.double()).abs()
-    peak = ratio.amax(dim=tuple(range(1, w.dim()))).view(shape) if shape else ratio.max()
-    usable = 1.0 - defaults.OVERFLOW_MARGIN
-    touched = int((ratio > usable * bound).sum())
-    if not touched:
-        return bound, None
-    what = f"{touched} of {w.numel()} values of {where} lie at or beyond the {spec.name} {spec.bound}"
-    if overflow == "error":
-        raise ValueError(
-            f"{what} ({bound.max().item():g}·s); pass a larger {spec.bound}=, overflow='expand' to "
-            f"raise it, or overflow='clip' to clip those values."
-        )
-    if overflow == "expand":
-        raised = torch.maximum(bound.expand(peak.shape), peak * (1 + 1e-6) / usable)
-        return (
-            raised,
-            f"{what} ({bound.max().item():g}·s); {spec.bound} raised to {raised.max().item():.4g}·s so they "
-            "invert exactly (overflow='clip' would clip them instead).",
-        )
-    return (
-        bound,
-        f"{what} ({bound.max().item():g}·s); clipped to {usable:g}·{spec.bound}·s, so outputs change "
-        "slightly (overflow='expand' would keep them).",
-    )
 
 
 # --- registration -----------------------------------------------------------------------------
@@ -308,13 +336,13 @@ def _register(plan: _Plan) -> None:
         with torch.no_grad():
             module.parametrizations[name].right_inverse(before)
     make_picklable(module)
+    state.attach(module)
     for holder in plan.tied:
         shared = SharedCompander(plan.compander)
         shared.parameter_order = tuple(holder.module._parameters)
         parametrize.register_parametrization(holder.module, holder.tensor_name, shared)
         make_picklable(holder.module)
-    if plan.notice:
-        warnings.warn(plan.notice, CompanderWarning, stacklevel=3)
+        state.attach(holder.module)
 
 
 def _unregister(plan: _Plan, original: Tensor) -> None:
@@ -346,3 +374,9 @@ def _drop(module: nn.Module, name: str, index: int, bake: bool) -> None:
             params[key] = params.pop(key)
     else:
         del plist[index]  # keep the other parametrizations of this tensor
+    if not any(
+        isinstance(p, Compander | SharedCompander)
+        for plist in getattr(module, "parametrizations", {}).values()
+        for p in plist
+    ):
+        state.detach(module)

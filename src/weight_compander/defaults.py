@@ -24,3 +24,7 @@ NEAR_ZERO = 0.1
 # Bounded kinds treat |w| > (1 - OVERFLOW_MARGIN) * bound as touching the bound: such values
 # invert to very large raw values whose gradient is almost zero (a saturated, dead weight).
 OVERFLOW_MARGIN = 0.02
+
+# ``apply`` without ``include`` warns when it compands less than this share of the model's
+# weight-matrix parameters: a layer type is probably missing from the registry (``layer_types.py``).
+COVERAGE_WARNING = 0.5

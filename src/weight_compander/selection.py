@@ -9,19 +9,10 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .layer_types import layer_spec, tensor_names
 from .parametrization import Compander, SharedCompander
 
-__all__ = ["DEFAULT_TYPES", "Entry", "Target", "companded_entries", "select_targets", "tied_holders"]
-
-DEFAULT_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
+__all__ = ["Entry", "Target", "companded_entries", "select_targets", "tied_holders"]
 
 
 @dataclass(frozen=True)
@@ -48,17 +39,6 @@ class Entry(Target):
 
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
-
-
-def default_tensor_names(module: nn.Module) -> tuple[str, ...]:
-    """The weight tensors of a module type: what "compand this module" means."""
-    if isinstance(module, nn.MultiheadAttention):
-        if module._qkv_same_embed_dim:
-            return ("in_proj_weight",)
-        return ("q_proj_weight", "k_proj_weight", "v_proj_weight")
-    if isinstance(module, nn.RNNBase):
-        return tuple(n for n in module._flat_weights_names if n.startswith("weight_"))
-    return ("weight",)
 
 
 def has_tensor(module: nn.Module, tensor_name: str) -> bool:
@@ -89,16 +69,23 @@ def _check_entries(entries: Iterable[object], what: str) -> list[type[nn.Module]
     return checked
 
 
-def _matches(entries: list[type[nn.Module] | str], model: nn.Module, what: str) -> list[Target]:
-    """The tensors any entry matches, in the model's own order."""
+def _default_names(module: nn.Module) -> tuple[str, ...]:
+    spec = layer_spec(module)
+    return spec.tensor_names(module) if spec is not None and spec.default else ()
+
+
+def _matches(entries: list[type[nn.Module] | str | None], model: nn.Module, what: str) -> list[Target]:
+    """The tensors any entry matches, in the model's own order (``None``: the default layer types)."""
     found: dict[str, Target] = {}
     unmatched = {e for e in entries if isinstance(e, str)}
     for module_name, module in _modules(model):
         for entry in entries:
-            if isinstance(entry, type):
-                names = default_tensor_names(module) if isinstance(module, entry) else ()
+            if entry is None:
+                names = _default_names(module)
+            elif isinstance(entry, type):
+                names = tensor_names(module) if isinstance(module, entry) else ()
             elif entry == module_name:
-                names = default_tensor_names(module)
+                names = tensor_names(module)
             else:
                 names = tuple(
                     n for n in _tensor_names(module) if fnmatch.fnmatchcase(_join(module_name, n), entry)
@@ -127,12 +114,15 @@ def select_targets(
     include: Iterable[type[nn.Module] | str] | type[nn.Module] | str | None,
     exclude: Iterable[type[nn.Module] | str] | type[nn.Module] | str | None,
 ) -> list[Target]:
-    """Resolve include/exclude (types, module names, tensor names, wildcards) to tensors."""
-    include = DEFAULT_TYPES if include is None else include
+    """Resolve include/exclude (types, module names, tensor names, wildcards) to tensors.
+
+    ``include=None`` means every tensor of the registered default layer types (``layers.py``).
+    """
     include = [include] if isinstance(include, str | type) else include
     exclude = [] if exclude is None else exclude
     exclude = [exclude] if isinstance(exclude, str | type) else exclude
-    targets = _matches(_check_entries(include, "include"), model, "include")
+    entries = [None] if include is None else _check_entries(include, "include")
+    targets = _matches(entries, model, "include")
     dropped = {t.name for t in _matches(_check_entries(exclude, "exclude"), model, "exclude")}
     return [t for t in targets if t.name not in dropped]
 

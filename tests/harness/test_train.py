@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from weight_compander import state as layout
 from weight_compander.harness import checkpoint, train
 from weight_compander.harness.config import TrainConfig
 from weight_compander.harness.train import NonFiniteLossError, RunFolderError
@@ -74,10 +75,8 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
     assert untimed(metrics(tmp_path / "c")) != untimed(metrics(tmp_path / "a"))
 
 
-def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch):
-    cfg = TrainConfig(**BUSY)
-    whole = train.run(cfg, tmp_path / "whole", progress="quiet")
-
+def interrupted(cfg, run_dir, monkeypatch) -> list[int]:
+    """Run until the first checkpoint is written, then die as if killed; the epochs saved."""
     real_save, saves = checkpoint.save, []
 
     def save_then_die(state, run_dir):  # a kill right after the first epoch's checkpoint
@@ -87,15 +86,37 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
 
     monkeypatch.setattr(checkpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train.run(cfg, tmp_path / "cut", progress="quiet")
+        train.run(cfg, run_dir, progress="quiet")
     monkeypatch.setattr(checkpoint, "save", real_save)
-    assert saves == [1] and not (tmp_path / "cut" / "final.json").exists()
+    return saves
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = TrainConfig(**BUSY)
+    whole = train.run(cfg, tmp_path / "whole", progress="quiet")
+    assert interrupted(cfg, tmp_path / "cut", monkeypatch) == [1]
+    assert not (tmp_path / "cut" / "final.json").exists()
 
     resumed = train.run(cfg, tmp_path / "cut", resume=True, progress="quiet")
     assert untimed(resumed) == untimed(whole)
     assert untimed(metrics(tmp_path / "cut")) == untimed(metrics(tmp_path / "whole"))
     # A complete run resumes to its final metrics without training again.
     assert train.run(cfg, tmp_path / "cut", resume=True, progress="quiet") == resumed
+
+
+def test_run_folders_written_before_checkpoint_layout_2_resume_the_same(tmp_path, monkeypatch):
+    """Checkpoints of older versions hold the model in layout 1 (torch's own parametrize keys)."""
+    cfg = TrainConfig(**BUSY)
+    whole = train.run(cfg, tmp_path / "whole", progress="quiet")
+    interrupted(cfg, tmp_path / "cut", monkeypatch)
+    state = checkpoint.load(tmp_path / "cut" / checkpoint.CHECKPOINT)
+    model = train.load_model(tmp_path / "cut")
+    for module in model.modules():  # what state_dict gave before layout 2
+        layout.detach(module)
+    state["model"] = model.state_dict()
+    assert not [k for k in state["model"] if "_compander" in k]
+    checkpoint.save(state, tmp_path / "cut")
+    assert untimed(train.run(cfg, tmp_path / "cut", resume=True, progress="quiet")) == untimed(whole)
 
 
 def test_resume_refuses_other_config_and_fresh_run_refuses_used_folder(tmp_path):
