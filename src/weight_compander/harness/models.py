@@ -100,6 +100,18 @@ def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
     ]
 
 
+def _head(n_in: int, num_classes: int, dropout: float) -> list[nn.Module]:
+    """The conv nets' classifier: dropout, a 128-unit hidden Linear, dropout, the output Linear."""
+    return [
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(n_in, 128),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(128, num_classes),
+    ]
+
+
 # --------------------------------------------------------------------------- mlp, cnn
 
 
@@ -138,12 +150,7 @@ def cnn(in_channels: int, input_size: tuple[int, ...], num_classes: int, dropout
         *pooled(in_channels, 32),
         *pooled(32, 64),
         *_conv_bn(64, 64),
-        nn.Flatten(),
-        nn.Dropout(dropout),
-        nn.Linear(64 * (h // 4) * (w // 4), 128),
-        nn.ReLU(inplace=True),
-        nn.Dropout(dropout),
-        nn.Linear(128, num_classes),
+        *_head(64 * (h // 4) * (w // 4), num_classes, dropout),
     )
 
 
@@ -160,19 +167,14 @@ def cnn_nonorm(in_channels: int, input_size: tuple[int, ...], num_classes: int, 
     h, w = _require_2d("cnn-nonorm", input_size)
 
     def conv(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
-        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1)]
-        return [*layers, nn.MaxPool2d(2), nn.ReLU(inplace=True)] if pool else [*layers, nn.ReLU(inplace=True)]
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), *([nn.MaxPool2d(2)] if pool else []),
+                nn.ReLU(inplace=True)]
 
     model = nn.Sequential(
         *conv(in_channels, 32, pool=True),
         *conv(32, 64, pool=True),
         *conv(64, 64, pool=False),
-        nn.Flatten(),
-        nn.Dropout(dropout),
-        nn.Linear(64 * (h // 4) * (w // 4), 128),
-        nn.ReLU(inplace=True),
-        nn.Dropout(dropout),
-        nn.Linear(128, num_classes),
+        *_head(64 * (h // 4) * (w // 4), num_classes, dropout),
     )
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
