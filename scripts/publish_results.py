@@ -27,7 +27,8 @@ REGIME = {"f-full": "BN conv, SGD", "f-small": "BN conv, SGD", "f-resnet": "BN r
 # Issue 10's convergence rule: base's validation accuracy gains less than this over the last
 # fifth of the epochs.
 CONVERGED_GAIN_PP = 0.2
-HEADLINE = ["wc-fixed", "wc-learn", "wc-learn-val", "wc-learn-val-ls", "weight-norm", "weight-std"]
+# `none` (no regularization at all) shows what base's standard regularization is worth.
+HEADLINE = ["wc-fixed", "wc-learn", "wc-learn-val", "wc-learn-val-ls", "weight-norm", "weight-std", "none"]
 # Issue 6: learned hyperparameters against the best fixed setting, paired, on these benchmarks.
 LEARNED = ["wc-learn", "wc-learn-val", "wc-learn-val-slow", "wc-learn-val-ls", "wc-learn-val-ls-g2",
            "wc-learn-val-limit", "wc-learn-val-gain"]  # fmt: skip
@@ -177,11 +178,12 @@ def headline_figure(summaries: dict[str, dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys) + 1.5, 3.4), sharey=True, squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         for i, variant in enumerate(HEADLINE):
+            color = "C0" if variant.startswith("wc") else "grey" if variant == "none" else "C2"
             d = summaries[key]["variants"].get(variant, {}).get("vs_baseline")
             if d and d.get("ci") is not None:
                 lo, hi = (100 * x for x in d["ci"])
                 ax.errorbar(100 * d["mean"], i, xerr=[[100 * d["mean"] - lo], [hi - 100 * d["mean"]]],
-                            fmt="o", color="C0" if variant.startswith("wc") else "C2", capsize=3)  # fmt: skip
+                            fmt="o", color=color, capsize=3)  # fmt: skip
         ax.axvline(0, color="grey", lw=1, ls="--")
         ax.set_title(f"{BENCHMARKS[key]} (base {_acc(summaries[key], 'base').split(' ')[0]} %)", fontsize=9)
         ax.set_xlabel("Δ test acc vs base, pp")
