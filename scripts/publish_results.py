@@ -199,7 +199,7 @@ def main() -> int:
     runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/study")
     docs = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/results")
     docs.mkdir(parents=True, exist_ok=True)
-    rows = []
+    copied = 0
     for summary_path in sorted(runs.glob("*/summary.json")):
         folder = summary_path.parent
         target = docs / folder.name
@@ -209,9 +209,15 @@ def main() -> int:
                 shutil.copy2(folder / name, target / name)
         if (folder / "figures").is_dir():
             shutil.copytree(folder / "figures", target / "figures", dirs_exist_ok=True)
-        s = json.loads(summary_path.read_text())
+        copied += 1
+    # costs of every published comparison, from docs/ (not runs/): comparisons published by an
+    # earlier session, whose run folders are gone, keep their row
+    rows = []
+    for summary_path in sorted(docs.glob("*/summary.json")):
+        s = json.loads(summary_path.read_text(encoding="utf-8"))
         runs_done = sum(len(v.get("test_acc", [])) for v in s["variants"].values())
-        rows.append((folder.name, runs_done, len(s.get("missing", [])), s["runs_cpu_time"], s["wall_time"]))
+        rows.append((summary_path.parent.name, runs_done, len(s.get("missing", [])), s["runs_cpu_time"],
+                     s["wall_time"]))  # fmt: skip
     lines = [
         "# CPU time of each comparison",
         "",
@@ -232,7 +238,7 @@ def main() -> int:
         (docs / "learned.md").write_text(learned_table(summaries))
         headline_figure(summaries, docs / "headline.png")
     publish_convergence(runs, docs)
-    print(f"published {len(rows)} comparisons to {docs}")
+    print(f"published {copied} comparisons to {docs} ({len(rows)} there in all)")
     return 0
 
 
