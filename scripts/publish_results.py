@@ -92,6 +92,11 @@ def learned_table(summaries: dict[str, dict[str, Any]], fixed: str = "wc-fixed")
     return "\n".join(lines) + "\n"
 
 
+def last_fifth_start(epochs: int) -> int:
+    """The epoch E − ⌈E/5⌉ from which the convergence rule measures the gain (1-based)."""
+    return epochs - math.ceil(epochs / 5)
+
+
 def base_validation_curve(folder: Path, baseline: str = "base") -> dict[str, Any] | None:
     """Mean validation accuracy per epoch of the baseline's seeds, and the convergence rule on it.
 
@@ -107,7 +112,7 @@ def base_validation_curve(folder: Path, baseline: str = "base") -> dict[str, Any
         return None  # no finished baseline, or seeds at different lengths (an unfinished run)
     epochs = len(curves[0])
     mean = [sum(c[e] for c in curves) / len(curves) for e in range(epochs)]
-    start = epochs - math.ceil(epochs / 5)
+    start = last_fifth_start(epochs)
     gain = 100 * (mean[-1] - mean[start - 1]) if start >= 1 else None
     converged = gain is not None and epochs >= 15 and gain < CONVERGED_GAIN_PP
     return {"seeds": len(curves), "epochs": epochs, "val_acc": mean, "gain_last_fifth_pp": gain,
@@ -119,7 +124,7 @@ def convergence_table(curves: dict[str, dict[str, Any]]) -> str:
     lines = ["| benchmark | epochs | seeds | base val acc %, epoch E−⌈E/5⌉ → E | gain, pp | converged "
              f"(≥ 15 epochs, gain < {CONVERGED_GAIN_PP}) |", "|---|---:|---:|---|---:|---|"]  # fmt: skip
     for key, c in curves.items():
-        start = c["epochs"] - math.ceil(c["epochs"] / 5)
+        start = last_fifth_start(c["epochs"])
         acc = c["val_acc"]
         span = f"{100 * acc[start - 1]:.2f} → {100 * acc[-1]:.2f}" if start >= 1 else "—"
         gain = f"{c['gain_last_fifth_pp']:+.2f}" if c["gain_last_fifth_pp"] is not None else "—"
@@ -139,7 +144,7 @@ def convergence_figure(curves: dict[str, dict[str, Any]], path: Path) -> None:
     for ax, (key, c) in zip(axes[0], curves.items(), strict=True):
         epochs = range(1, c["epochs"] + 1)
         ax.plot(epochs, [100 * a for a in c["val_acc"]], color="C0")
-        ax.axvspan(c["epochs"] - math.ceil(c["epochs"] / 5), c["epochs"], color="grey", alpha=0.2)
+        ax.axvspan(last_fifth_start(c["epochs"]), c["epochs"], color="grey", alpha=0.2)
         gain = c["gain_last_fifth_pp"]
         ax.set_title(f"{BENCHMARKS.get(key, key)}: +{gain:.2f} pp" if gain is not None else key, fontsize=9)
         ax.set_xlabel("epoch")
