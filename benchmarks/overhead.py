@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 import weight_compander as wc
+from weight_compander.fused import fused_tanh_torch
 
 BATCH = 128
 
@@ -51,14 +52,20 @@ def with_weight_norm(model: nn.Module) -> nn.Module:
 
 
 # The same tanh without the fused forward/backward: plain autograd through the expression,
-# to show what the fused path buys.
+# to show what the fused path buys; and the fused path as torch operations, which is what runs
+# where the C kernel cannot be built (no C compiler) or is switched off.
 _tanh = wc.get_kind("tanh")
 wc.register_kind("tanh-autograd", _tanh.forward, _tanh.inverse, _tanh.hyperparameters, bound="limit")
+wc.register_kind(
+    "tanh-torch", _tanh.forward, _tanh.inverse, _tanh.hyperparameters, bound="limit", fused=fused_tanh_torch
+)
 
 VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "plain": lambda m: m,
     "wc fixed": lambda m: (wc.apply(m), m)[1],
     "wc learnable": lambda m: (wc.apply(m, learnable=True), m)[1],
+    "wc fixed (torch path)": lambda m: (wc.apply(m, kind="tanh-torch"), m)[1],
+    "wc learn (torch path)": lambda m: (wc.apply(m, kind="tanh-torch", learnable=True), m)[1],
     "wc learn (autograd)": lambda m: (wc.apply(m, kind="tanh-autograd", learnable=True), m)[1],
     "weight_norm": with_weight_norm,
 }
@@ -112,7 +119,9 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     threads = torch.get_num_threads()
-    return f"{cpu}; {threads} threads; torch {torch.__version__}; Python {platform.python_version()}"
+    kernel = "C kernel in use" if wc.kernel_status().startswith("in use") else "no C kernel"
+    python = platform.python_version()
+    return f"{cpu}; {threads} threads; torch {torch.__version__}; Python {python}; {kernel}"
 
 
 def run(rounds: int, steps: int) -> dict:
@@ -145,15 +154,15 @@ def print_results(results: dict) -> None:
     print(f"machine: {results['machine']}")
     rounds, steps = results["rounds"], results["steps_per_block"]
     print(f"batch {results['batch']}, {rounds} interleaved rounds of {steps} steps")
-    print(f"{'model':<5} {'variant':<20} {'ms/step':>8} {'ratio':>6}")
+    print(f"{'model':<5} {'variant':<22} {'ms/step':>8} {'ratio':>6}")
     for model_name in ("cnn", "mlp"):
         r = results[model_name]
         for variant, ms in r["train_step_ms"].items():
             ratio = r["train_ratio"].get(variant, 1.0)
-            print(f"{model_name:<5} {variant:<20} {ms:8.2f} {ratio:6.2f}")
+            print(f"{model_name:<5} {variant:<22} {ms:8.2f} {ratio:6.2f}")
         inf = r["inference_ms"]
-        print(f"{model_name:<5} {'infer plain':<20} {inf['plain']:8.2f} {1.0:6.2f}")
-        print(f"{model_name:<5} {'infer baked':<20} {inf['baked']:8.2f} {r['inference_ratio_baked']:6.2f}")
+        print(f"{model_name:<5} {'infer plain':<22} {inf['plain']:8.2f} {1.0:6.2f}")
+        print(f"{model_name:<5} {'infer baked':<22} {inf['baked']:8.2f} {r['inference_ratio_baked']:6.2f}")
 
 
 def parse_args(doc: str | None, steps: int, argv: list[str] | None) -> argparse.Namespace:

@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .api import apply, compand, remove
 from .bilevel import hyper_step
 from .coverage import Applied, Coverage, coverage
+from .cpu_kernel import kernel_status
 from .exceptions import CompanderWarning
 from .functions import Hyperparameter, Kind, get_kind, kinds, register_kind
 from .layer_types import LayerSpec, layers, register_layer
@@ -46,6 +47,7 @@ __all__ = [
     "get_kind",
     "hyper_step",
     "hyperparameters",
+    "kernel_status",
     "kinds",
     "layers",
     "named_hyperparameters",

@@ -154,19 +154,21 @@ def kinds() -> tuple[str, ...]:
 
 
 def _tanh(x: Tensor, gain: Tensor, limit: Tensor) -> Tensor:
+    # exactly odd as it stands: x*g, /L and torch.tanh each are (tests check it)
     return limit * torch.tanh(gain * x / limit)
 
 
 def _tanh_inverse(y: Tensor, gain: Tensor, limit: Tensor) -> Tensor:
-    return limit / gain * torch.atanh(y / limit)
+    return limit / gain * torch.atanh(y / limit)  # exactly odd, like _tanh (tests check it)
 
 
 def _mulaw(x: Tensor, mu: Tensor, crossover: Tensor) -> Tensor:
-    return crossover * torch.sign(x) * torch.log1p(mu * x.abs() / crossover) / torch.log1p(mu)
+    # copysign rather than sign(x) * ...: f(-0) = -0, so the function is odd to the last bit
+    return crossover * torch.log1p(mu * x.abs() / crossover).copysign(x) / torch.log1p(mu)
 
 
 def _mulaw_inverse(y: Tensor, mu: Tensor, crossover: Tensor) -> Tensor:
-    return crossover * torch.sign(y) * torch.expm1(y.abs() * torch.log1p(mu) / crossover) / mu
+    return crossover * torch.expm1(y.abs() * torch.log1p(mu) / crossover).copysign(y) / mu
 
 
 def _identity(x: Tensor) -> Tensor:

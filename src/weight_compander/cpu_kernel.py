@@ -1,0 +1,170 @@
+"""The C kernel of the tanh compander on CPU: built on first use, cached, called through ctypes.
+
+Why: a training step on a weight-heavy model is bound by memory traffic, and the exact tanh in
+torch operations (``fused.py``) takes seven passes over the weights forward. The kernel
+(``kernels/tanh.c``) takes one pass each way and is faster than the old inexact
+``2*sigmoid(2u) - 1`` path (see the README's Speed section).
+
+It is plain C, with no torch or Python headers, so any C compiler builds it in under a second:
+``$CC`` or ``cc``/``gcc``/``clang``, with ``-march=native`` (the cache key includes this
+machine's CPU flags) and OpenMP where the compiler has them. The library lands in
+``$WEIGHT_COMPANDER_CACHE`` or ``~/.cache/weight_compander``. Where no compiler works, the
+torch path computes the same function (same laws, same precision), slower on CPU, and one
+warning says so. ``WEIGHT_COMPANDER_KERNEL=0`` chooses the torch path without a warning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .exceptions import CompanderWarning
+
+__all__ = ["TanhKernel", "kernel_status", "load"]
+
+_FLAG_SETS = (  # tried in order; the first that compiles wins
+    ["-march=native", "-fopenmp"],
+    ["-fopenmp"],
+    ["-march=native"],
+    [],
+)
+_COMMON_FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno"]
+_status = ""  # set by load()
+
+
+class TanhKernel:
+    """Typed entry points of the compiled library (float32, CPU, contiguous tensors)."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        self._forward = library.wc_tanh_forward
+        self._forward.argtypes = [p, p, i64, i64, p, p, c_int]
+        self._forward.restype = None
+        self._backward = library.wc_tanh_backward
+        self._backward.argtypes = [p, p, p, p, i64, i64, p, p, p, p, c_int]
+        self._backward.restype = c_int
+
+    def forward(self, v: Tensor, k: Tensor, bound: Tensor) -> Tensor:
+        """``w = bound * tanh(k * v)`` with k and bound one float32 per row (``rows = k.numel()``)."""
+        w = torch.empty_like(v)
+        rows = k.numel()
+        self._forward(v.data_ptr(), w.data_ptr(), rows, v.numel() // rows, k.data_ptr(), bound.data_ptr(),
+                      torch.get_num_threads())  # fmt: skip
+        return w
+
+    def backward(
+        self, grad_w: Tensor, v: Tensor, w: Tensor | None, k: Tensor, gain: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """dLoss/dv, and with ``w`` the per-row sums ``<dLoss/dv, v>`` and ``<dLoss/dw, w - v dw/dv>``
+        (shape ``(rows, 2)``, float64)."""
+        rows = k.numel()
+        log4g, inv4g = torch.log(4 * gain), 1 / (4 * gain)
+        grad_v = torch.empty_like(v)
+        sums = None if w is None else torch.zeros(rows, 2, dtype=torch.float64)
+        failed = self._backward(
+            grad_w.data_ptr(), v.data_ptr(), None if w is None else w.data_ptr(), grad_v.data_ptr(),
+            rows, v.numel() // rows, k.data_ptr(), log4g.data_ptr(), inv4g.data_ptr(),
+            None if sums is None else sums.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        if failed:
+            raise MemoryError("weight_compander's tanh kernel could not allocate its partial sums.")
+        return grad_v, sums
+
+
+def kernel_status() -> str:
+    """Whether the tanh compander's CPU kernel is in use, and if not, why (one line).
+
+    Builds the kernel first if this process has not yet (a second or less, once per machine).
+    """
+    load()
+    return _status
+
+
+@functools.cache
+def load() -> TanhKernel | None:
+    """The kernel, built if needed; ``None`` (torch path) if disabled or it cannot be built."""
+    global _status
+    if os.environ.get("WEIGHT_COMPANDER_KERNEL", "1").strip().lower() in ("0", "false", "no", "off"):
+        _status = "disabled by WEIGHT_COMPANDER_KERNEL=0: the tanh compander runs as torch operations"
+        return None
+    try:
+        path = _build()
+        kernel = TanhKernel(ctypes.CDLL(str(path)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        _status = f"unavailable ({error}): the tanh compander runs as torch operations"
+        warnings.warn(
+            f"weight_compander could not build its CPU kernel ({error}). The tanh compander runs as "
+            "torch operations instead: same values, but a slower training step on CPU. Install a C "
+            "compiler (gcc or clang) or point $CC at one; set WEIGHT_COMPANDER_KERNEL=0 to choose the "
+            "torch path without this warning.",
+            CompanderWarning,
+            stacklevel=2,
+        )
+        return None
+    _status = f"in use: {path}"
+    return kernel
+
+
+def _source() -> bytes:
+    return files("weight_compander").joinpath("kernels", "tanh.c").read_bytes()
+
+
+def _compiler() -> str:
+    for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)  # type: ignore[return-value]
+    raise RuntimeError("no C compiler found (tried $CC, cc, gcc, clang)")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("WEIGHT_COMPANDER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "weight_compander"
+    )
+    return Path(root)
+
+
+def _machine() -> str:
+    """What a -march=native build depends on: the architecture and the CPU's feature flags."""
+    signature = platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            signature += next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        signature += platform.processor()
+    return signature
+
+
+def _build() -> Path:
+    """Compile kernels/tanh.c into the cache (once per source, compiler and CPU) and return its path."""
+    compiler, source = _compiler(), _source()
+    parts = [source, compiler.encode(), _machine().encode(), repr(_FLAG_SETS).encode()]
+    key = hashlib.sha256(b"\0".join(parts))
+    target = _cache_dir() / f"tanh-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        source_file = Path(scratch, "tanh.c")
+        source_file.write_bytes(source)
+        errors = []
+        for flags in _FLAG_SETS:
+            built = Path(scratch, f"tanh{len(errors)}.so")
+            command = [compiler, *_COMMON_FLAGS, *flags, str(source_file), "-o", str(built)]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            if result.returncode == 0:
+                os.replace(built, target)  # atomic: a concurrent build of the same key is identical
+                return target
+            errors.append(result.stderr.strip().splitlines()[-1:] or ["?"])
+        raise RuntimeError(f"{Path(compiler).name} failed: {errors[-1][0]}")

@@ -1,0 +1,129 @@
+/* The tanh compander on CPU float32: w = b * tanh(u), u = k * v (k = g / b, b = s * L), and its
+ * backward, one pass over the weights each way.
+ *
+ * Why a kernel: a weight-heavy training step is bound by memory traffic, and the exact formula in
+ * torch operations takes seven passes forward (abs, scale, sigmoid, expm1, ...). Here the forward
+ * reads v and writes w; the backward reads dLoss/dw and v (and w for the hyperparameter sums) and
+ * writes dLoss/dv, recomputing dw/dv instead of storing it.
+ *
+ * Exactness (what weight_compander promises, tests/test_functions.py checks):
+ *  - odd to the last bit: everything is computed from a = |u| and the sign of v is copied back;
+ *  - float32's relative precision everywhere: tanh(a) = a * (1 - a^2/3 + 2a^4/15 - 17a^6/315)
+ *    below a = 1/8 (truncation < 2e-9), (1 - e) / (1 + e) with e = exp(-2a) above, where 1 - e
+ *    cannot cancel; dw/dv = g sech^2(a) = 4g e / (1 + e)^2 has no cancellation at any a.
+ *  - exp is evaluated here (Cody-Waite reduction, degree-7 Taylor polynomial, < 1 ulp of error)
+ *    so that the compiler can vectorize the loop; libm's expf is a call it cannot.
+ *
+ * Plain C with no torch or Python headers: it builds in well under a second with any C compiler,
+ * and Python calls it through ctypes (src/weight_compander/cpu_kernel.py).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLOCK 16384 /* elements per parallel work item; also fixes the order of the sums */
+
+/* exp(x) for x in [-87.3, 88] (< 1 ulp); 0 below, where the result would not be a normal float. */
+static inline float exp_clamped(float x) {
+    const float log2e = 1.44269504088896341f;
+    const float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187045e-06f;
+    float xc = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x);
+    float n = (xc * log2e + 12582912.0f) - 12582912.0f; /* round to nearest integer */
+    float r = fmaf(-n, ln2_lo, fmaf(-n, ln2_hi, xc));   /* |r| <= ln2 / 2 */
+    float p = 1.0f / 5040.0f;
+    p = fmaf(p, r, 1.0f / 720.0f);
+    p = fmaf(p, r, 1.0f / 120.0f);
+    p = fmaf(p, r, 1.0f / 24.0f);
+    p = fmaf(p, r, 1.0f / 6.0f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    int32_t bits = ((int32_t)n + 127) << 23; /* 2^n */
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return x < -87.3f ? 0.0f : p * two_n;
+}
+
+static void forward_span(const float *restrict v, float *restrict w, int64_t count, float k, float bound) {
+#pragma omp simd
+    for (int64_t i = 0; i < count; i++) {
+        float x = v[i];
+        float a = fabsf(x * k);
+        float z = a * a;
+        float series = fmaf(fmaf(fmaf(-17.0f / 315.0f, z, 2.0f / 15.0f), z, -1.0f / 3.0f), z, 1.0f);
+        float e = exp_clamped(-2.0f * a);
+        float t = a < 0.125f ? a * series : (1.0f - e) / (1.0f + e);
+        w[i] = copysignf(bound * t, x);
+    }
+}
+
+/* g sech^2(k v) from 4g exp(-2a): computed that way it stays a normal float wherever dw/dv is. */
+static inline float slope_at(float x, float k, float log4g, float inv4g) {
+    float e4g = exp_clamped(log4g - 2.0f * fabsf(x * k));
+    float r = 1.0f / fmaf(e4g, inv4g, 1.0f);
+    return e4g * r * r;
+}
+
+/* dLoss/dv = dLoss/dw * dw/dv; with sums, also sum(dLoss/dv * v) and sum(dLoss/dw * (w - v dw/dv)),
+ * the numerators of dLoss/dg and dLoss/dL, in double. */
+static void backward_span(const float *restrict gw, const float *restrict v, const float *restrict w,
+                          float *restrict gv, int64_t count, float k, float log4g, float inv4g,
+                          double *sums) {
+    if (!sums) {
+#pragma omp simd
+        for (int64_t i = 0; i < count; i++) gv[i] = gw[i] * slope_at(v[i], k, log4g, inv4g);
+        return;
+    }
+    double gain_sum = 0.0, limit_sum = 0.0;
+#pragma omp simd reduction(+ : gain_sum, limit_sum)
+    for (int64_t i = 0; i < count; i++) {
+        float x = v[i], slope = slope_at(x, k, log4g, inv4g), g = gw[i] * slope;
+        gv[i] = g;
+        gain_sum += (double)(g * x);
+        limit_sum += (double)(gw[i] * (w[i] - x * slope));
+    }
+    sums[0] = gain_sum;
+    sums[1] = limit_sum;
+}
+
+/* v and w hold rows * inner floats; row r uses k[r] and bound[r] (rows = 1: one value for all). */
+void wc_tanh_forward(const float *v, float *w, int64_t rows, int64_t inner, const float *k,
+                     const float *bound, int threads) {
+    const int64_t per_row = (inner + BLOCK - 1) / BLOCK, blocks = rows * per_row;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && blocks > 1)
+    for (int64_t b = 0; b < blocks; b++) {
+        int64_t row = b / per_row, start = (b % per_row) * BLOCK;
+        int64_t count = inner - start < BLOCK ? inner - start : BLOCK, at = row * inner + start;
+        forward_span(v + at, w + at, count, k[row], bound[row]);
+    }
+}
+
+/* sums: NULL (no hyperparameter gradients wanted; w may be NULL too), or 2 * rows doubles that
+ * receive each row's two sums. Each block's partial sums are added in block order, so the result
+ * does not depend on the number of threads. Returns 0, or 1 when out of memory. */
+int wc_tanh_backward(const float *gw, const float *v, const float *w, float *gv, int64_t rows,
+                     int64_t inner, const float *k, const float *log4g, const float *inv4g,
+                     double *sums, int threads) {
+    const int64_t per_row = (inner + BLOCK - 1) / BLOCK, blocks = rows * per_row;
+    double *partial = NULL;
+    if (sums) {
+        partial = calloc((size_t)(2 * blocks), sizeof(double));
+        if (!partial) return 1;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && blocks > 1)
+    for (int64_t b = 0; b < blocks; b++) {
+        int64_t row = b / per_row, start = (b % per_row) * BLOCK;
+        int64_t count = inner - start < BLOCK ? inner - start : BLOCK, at = row * inner + start;
+        backward_span(gw + at, v + at, w ? w + at : NULL, gv + at, count, k[row], log4g[row],
+                      inv4g[row], partial ? partial + 2 * b : NULL);
+    }
+    if (sums) {
+        for (int64_t b = 0; b < blocks; b++) {
+            sums[2 * (b / per_row)] += partial[2 * b];
+            sums[2 * (b / per_row) + 1] += partial[2 * b + 1];
+        }
+        free(partial);
+    }
+    return 0;
+}
