@@ -118,3 +118,15 @@ def test_torch_compile_traces_the_torch_path():
     v = torch.randn(300) * 0.05
     compiled = torch.compile(lambda x: fused_tanh(x, s, g, L), backend="eager", fullgraph=True)
     assert torch.allclose(compiled(v), fused_tanh(v, s, g, L), rtol=1e-6, atol=0)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_special_values_match_the_torch_path():
+    """±inf saturate at ±s·L, NaN stays NaN, signed zeros and subnormals keep slope g."""
+    v = torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0, -0.0, 1e-45, -1e-45, 3e38, -3e38])
+    w = fused_tanh(v, *hypers())
+    assert backward_class(fused_tanh(v.clone().requires_grad_(), *hypers())) == "_TanhKernelBackward"
+    expected = fused_tanh_torch(v, *hypers())
+    finite_or_inf = [0, 1, 3, 4, 5, 6, 7, 8]  # bit for bit, so -0 is told from +0
+    assert torch.equal(w.view(torch.int32)[finite_or_inf], expected.view(torch.int32)[finite_or_inf])
+    assert w[2].isnan() and w[0].item() == pytest.approx(0.15)
