@@ -281,26 +281,24 @@ def backward_matches_float64_autograd(implementation, pairs, s, g, L, rows, seed
 
 
 @pytest.mark.parametrize("implementation", TANH_IMPLEMENTATIONS)
-@pytest.mark.parametrize("shape", [(40000,), (3, 20000)], ids=["per-tensor", "per-channel"])
+@pytest.mark.parametrize("shape", [(1024, 1024), (3, 20000)], ids=["per-tensor", "per-channel"])
 @pytest.mark.parametrize(("g", "L"), [(1.0, 10.0), (1.0, 0.5), (1.5, 2.0), (8.0, 10.0), (8.0, 0.5)])
 def test_fused_tanh_hyperparameter_gradients_on_plain_weights(g, L, shape, implementation):
-    """Weights of a real layer (randn * s) only, no extremes to dominate the sums. With gain 1,
-    limit 10 every |u| is small and dw/dL ~ u^3 cancels: <dLoss/dw, w> - <dLoss/dv, v> fails
-    this (1e-4 off on a million weights), the elementwise form passes."""
+    """Weights of a real layer (randn * s) and an upstream gradient of both signs: each gradient is a
+    sum that cancels, and it must still be within 1e-5 of float64 autograd, relatively. (Seed 0 at
+    gain 1.5, limit 2 cancels the limit's sum to 1 % of its terms' root-sum-square: float32 terms
+    gave 1.4e-5 there, a float32 dot product 4e-5, <dLoss/dw, w> - <dLoss/dv, v> 1e-4.)"""
     gen = torch.Generator().manual_seed(0)
-    scale, hyper = tensors(0.05, {"gain": g, "limit": L}, torch.float32, 1 if len(shape) == 1 else shape[0])
+    per_tensor = shape[0] == 1024
+    scale, hyper = tensors(0.05, {"gain": g, "limit": L}, torch.float32, 1 if per_tensor else shape[0])
     v = torch.randn(shape, generator=gen) * scale
-    for trial in range(3):  # same-sign upstream gradients, then two with random signs
-        grad_w = (torch.rand(shape, generator=gen) + 0.5).copysign(v)
-        if trial:
-            grad_w = grad_w * (torch.randint(0, 2, shape, generator=gen) * 2 - 1)
+    for _ in range(2):
+        grad_w = torch.randn(shape, generator=gen)
         (_, dg, dL), (_, dg64, dL64) = fused_and_float64_gradients(
             v, scale, hyper["gain"], hyper["limit"], grad_w, TANH_IMPLEMENTATIONS[implementation]
         )
-        if not trial:
-            size_g, size_L = dg64.abs(), dL64.abs()  # = sum of |terms| for the random-sign trials
-        assert ((dg.double() - dg64).abs() <= 1e-5 * size_g).all()
-        assert ((dL.double() - dL64).abs() <= 1e-5 * size_L).all()
+        assert torch.allclose(dg.double(), dg64, rtol=1e-5, atol=0)
+        assert torch.allclose(dL.double(), dL64, rtol=1e-5, atol=0)
 
 
 def test_issue_12_example_is_odd_and_keeps_the_slope_near_zero():

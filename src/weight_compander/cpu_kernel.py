@@ -53,8 +53,11 @@ class TanhKernel:
         self._forward.argtypes = [p, p, i64, i64, p, p, c_int]
         self._forward.restype = None
         self._backward = library.wc_tanh_backward
-        self._backward.argtypes = [p, p, p, p, i64, i64, p, p, p, p, c_int]
-        self._backward.restype = c_int
+        self._backward.argtypes = [p, p, p, i64, i64, p, p, p, c_int]
+        self._backward.restype = None
+        self._backward_sums = library.wc_tanh_backward_sums
+        self._backward_sums.argtypes = [p, p, p, i64, i64, p, p, p, p, c_int]
+        self._backward_sums.restype = c_int
 
     def forward(self, v: Tensor, k: Tensor, bound: Tensor) -> Tensor:
         """``w = bound * tanh(k * v)`` with k and bound one float32 per row (``rows = k.numel()``)."""
@@ -64,19 +67,25 @@ class TanhKernel:
                       torch.get_num_threads())  # fmt: skip
         return w
 
-    def backward(
-        self, grad_w: Tensor, v: Tensor, w: Tensor | None, k: Tensor, gain: Tensor
-    ) -> tuple[Tensor, Tensor | None]:
-        """dLoss/dv, and with ``w`` the per-row sums ``<dLoss/dv, v>`` and ``<dLoss/dw, w - v dw/dv>``
-        (shape ``(rows, 2)``, float64)."""
+    def backward(self, grad_w: Tensor, v: Tensor, k: Tensor, gain: Tensor) -> Tensor:
+        """dLoss/dv (fixed hyperparameters); k and gain one float32 per row."""
         rows = k.numel()
         log4g, inv4g = torch.log(4 * gain), 1 / (4 * gain)
         grad_v = torch.empty_like(v)
-        sums = None if w is None else torch.zeros(rows, 2, dtype=torch.float64)
-        failed = self._backward(
-            grad_w.data_ptr(), v.data_ptr(), None if w is None else w.data_ptr(), grad_v.data_ptr(),
-            rows, v.numel() // rows, k.data_ptr(), log4g.data_ptr(), inv4g.data_ptr(),
-            None if sums is None else sums.data_ptr(), torch.get_num_threads(),
+        self._backward(grad_w.data_ptr(), v.data_ptr(), grad_v.data_ptr(), rows, v.numel() // rows,
+                       k.data_ptr(), log4g.data_ptr(), inv4g.data_ptr(), torch.get_num_threads())  # fmt: skip
+        return grad_v
+
+    def backward_sums(self, grad_w: Tensor, v: Tensor, bound: Tensor, gain: Tensor) -> tuple[Tensor, Tensor]:
+        """dLoss/dv and the per-row ``dLoss/dg`` and ``L * dLoss/dL`` (shape ``(rows, 2)``, float64);
+        bound and gain one float64 per row."""
+        rows = bound.numel()
+        k = gain / bound
+        grad_v = torch.empty_like(v)
+        sums = torch.zeros(rows, 2, dtype=torch.float64)
+        failed = self._backward_sums(
+            grad_w.data_ptr(), v.data_ptr(), grad_v.data_ptr(), rows, v.numel() // rows, k.data_ptr(),
+            bound.data_ptr(), gain.data_ptr(), sums.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         if failed:
             raise MemoryError("weight_compander's tanh kernel could not allocate its partial sums.")

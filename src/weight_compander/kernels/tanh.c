@@ -11,8 +11,10 @@
  *  - float32's relative precision everywhere: tanh(a) = a * (1 - a^2/3 + 2a^4/15 - 17a^6/315)
  *    below a = 1/8 (truncation < 2e-9), (1 - e) / (1 + e) with e = exp(-2a) above, where 1 - e
  *    cannot cancel; dw/dv = g sech^2(a) = 4g e / (1 + e)^2 has no cancellation at any a.
- *  - exp is evaluated here (Cody-Waite reduction, degree-7 Taylor polynomial, < 1 ulp of error)
- *    so that the compiler can vectorize the loop; libm's expf is a call it cannot.
+ *  - the hyperparameter gradients are sums over all weights, computed in double (see
+ *    backward_sums_span);
+ *  - exp is evaluated here (Cody-Waite reduction and a Taylor polynomial, ~1 ulp) so that the
+ *    compiler can vectorize the loops; libm's expf is a call it cannot.
  *
  * Plain C with no torch or Python headers: it builds in well under a second with any C compiler,
  * and Python calls it through ctypes (src/weight_compander/cpu_kernel.py).
@@ -65,23 +67,57 @@ static inline float slope_at(float x, float k, float log4g, float inv4g) {
     return e4g * r * r;
 }
 
-/* dLoss/dv = dLoss/dw * dw/dv; with sums, also sum(dLoss/dv * v) and sum(dLoss/dw * (w - v dw/dv)),
- * the numerators of dLoss/dg and dLoss/dL, in double. */
-static void backward_span(const float *restrict gw, const float *restrict v, const float *restrict w,
-                          float *restrict gv, int64_t count, float k, float log4g, float inv4g,
-                          double *sums) {
-    if (!sums) {
+/* exp(x) in double for x <= 0 (~2 ulp); 0 below -708. Same scheme as exp_clamped. */
+static inline double exp_nonpositive_double(double x) {
+    const double log2e = 1.4426950408889634;
+    const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
+    double xc = x < -708.0 ? -708.0 : x;
+    double n = (xc * log2e + 6755399441055744.0) - 6755399441055744.0; /* round to nearest integer */
+    double r = fma(-n, ln2_lo, fma(-n, ln2_hi, xc));
+    double p = 1.0 / 39916800.0; /* 1/11!, then Horner down to 1 */
+    p = fma(p, r, 1.0 / 3628800.0);
+    p = fma(p, r, 1.0 / 362880.0);
+    p = fma(p, r, 1.0 / 40320.0);
+    p = fma(p, r, 1.0 / 5040.0);
+    p = fma(p, r, 1.0 / 720.0);
+    p = fma(p, r, 1.0 / 120.0);
+    p = fma(p, r, 1.0 / 24.0);
+    p = fma(p, r, 1.0 / 6.0);
+    p = fma(p, r, 0.5);
+    p = fma(p, r, 1.0);
+    p = fma(p, r, 1.0);
+    int64_t bits = ((int64_t)n + 1023) << 52; /* 2^n */
+    double two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return x < -708.0 ? 0.0 : p * two_n;
+}
+
+/* dLoss/dv = dLoss/dw * dw/dv (no hyperparameter gradients wanted). */
+static void backward_span(const float *restrict gw, const float *restrict v, float *restrict gv,
+                          int64_t count, float k, float log4g, float inv4g) {
 #pragma omp simd
-        for (int64_t i = 0; i < count; i++) gv[i] = gw[i] * slope_at(v[i], k, log4g, inv4g);
-        return;
-    }
+    for (int64_t i = 0; i < count; i++) gv[i] = gw[i] * slope_at(v[i], k, log4g, inv4g);
+}
+
+/* dLoss/dv, and the sums sum(dLoss/dw * v sech^2(u)) = dLoss/dg and
+ * sum(dLoss/dw * b (tanh(a) - a sech^2(a)) sign(v)) = L dLoss/dL, all in double: each sum adds a
+ * million terms whose signs differ, and float32 terms (or a float32 u) leave it 1e-5 off float64
+ * wherever it cancels to 1 % of its terms' root-sum-square. tanh(a) - a sech^2(a) = 2a^3/3 - ...
+ * cancels as a -> 0, so below a = 0.1 it is its Taylor series (truncation < 1e-11). */
+static void backward_sums_span(const float *restrict gw, const float *restrict v, float *restrict gv,
+                               int64_t count, double k, double bound, double gain, double *sums) {
     double gain_sum = 0.0, limit_sum = 0.0;
 #pragma omp simd reduction(+ : gain_sum, limit_sum)
     for (int64_t i = 0; i < count; i++) {
-        float x = v[i], slope = slope_at(x, k, log4g, inv4g), g = gw[i] * slope;
-        gv[i] = g;
-        gain_sum += (double)(g * x);
-        limit_sum += (double)(gw[i] * (w[i] - x * slope));
+        double x = v[i], g = gw[i], a = fabs(x * k), z = a * a;
+        double e = exp_nonpositive_double(-2.0 * a), r = 1.0 / (1.0 + e);
+        double sech2 = 4.0 * e * r * r;
+        double series = fma(fma(fma(fma(13820.0 / 155925.0, z, -496.0 / 2835.0), z, 34.0 / 105.0), z,
+                                -8.0 / 15.0), z, 2.0 / 3.0);
+        double limit_part = a < 0.1 ? a * z * series : (1.0 - e) * r - a * sech2;
+        gv[i] = (float)(g * gain * sech2);
+        gain_sum += g * x * sech2;
+        limit_sum += g * copysign(bound * limit_part, x);
     }
     sums[0] = gain_sum;
     sums[1] = limit_sum;
@@ -99,31 +135,37 @@ void wc_tanh_forward(const float *v, float *w, int64_t rows, int64_t inner, cons
     }
 }
 
-/* sums: NULL (no hyperparameter gradients wanted; w may be NULL too), or 2 * rows doubles that
- * receive each row's two sums. Each block's partial sums are added in block order, so the result
- * does not depend on the number of threads. Returns 0, or 1 when out of memory. */
-int wc_tanh_backward(const float *gw, const float *v, const float *w, float *gv, int64_t rows,
-                     int64_t inner, const float *k, const float *log4g, const float *inv4g,
-                     double *sums, int threads) {
+/* dLoss/dv for fixed hyperparameters; row r uses k[r], log(4 g[r]) and 1 / (4 g[r]). */
+void wc_tanh_backward(const float *gw, const float *v, float *gv, int64_t rows, int64_t inner,
+                      const float *k, const float *log4g, const float *inv4g, int threads) {
     const int64_t per_row = (inner + BLOCK - 1) / BLOCK, blocks = rows * per_row;
-    double *partial = NULL;
-    if (sums) {
-        partial = calloc((size_t)(2 * blocks), sizeof(double));
-        if (!partial) return 1;
-    }
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && blocks > 1)
     for (int64_t b = 0; b < blocks; b++) {
         int64_t row = b / per_row, start = (b % per_row) * BLOCK;
         int64_t count = inner - start < BLOCK ? inner - start : BLOCK, at = row * inner + start;
-        backward_span(gw + at, v + at, w ? w + at : NULL, gv + at, count, k[row], log4g[row],
-                      inv4g[row], partial ? partial + 2 * b : NULL);
+        backward_span(gw + at, v + at, gv + at, count, k[row], log4g[row], inv4g[row]);
     }
-    if (sums) {
-        for (int64_t b = 0; b < blocks; b++) {
-            sums[2 * (b / per_row)] += partial[2 * b];
-            sums[2 * (b / per_row) + 1] += partial[2 * b + 1];
-        }
-        free(partial);
+}
+
+/* dLoss/dv and, into sums (2 * rows doubles, zeroed by the caller), each row's dLoss/dg and
+ * L dLoss/dL. Each block's partial sums are added in block order, so the result does not depend
+ * on the number of threads. Returns 0, or 1 when out of memory. */
+int wc_tanh_backward_sums(const float *gw, const float *v, float *gv, int64_t rows, int64_t inner,
+                          const double *k, const double *bound, const double *gain, double *sums,
+                          int threads) {
+    const int64_t per_row = (inner + BLOCK - 1) / BLOCK, blocks = rows * per_row;
+    double *partial = calloc((size_t)(2 * blocks), sizeof(double));
+    if (!partial) return 1;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && blocks > 1)
+    for (int64_t b = 0; b < blocks; b++) {
+        int64_t row = b / per_row, start = (b % per_row) * BLOCK;
+        int64_t count = inner - start < BLOCK ? inner - start : BLOCK, at = row * inner + start;
+        backward_sums_span(gw + at, v + at, gv + at, count, k[row], bound[row], gain[row], partial + 2 * b);
     }
+    for (int64_t b = 0; b < blocks; b++) {
+        sums[2 * (b / per_row)] += partial[2 * b];
+        sums[2 * (b / per_row) + 1] += partial[2 * b + 1];
+    }
+    free(partial);
     return 0;
 }
