@@ -2,6 +2,7 @@
 
     python benchmarks/overhead.py                 # full run (a few minutes on 2 cores)
     python benchmarks/overhead.py --json out.json # also write the numbers
+    python benchmarks/overhead.py --torch-path    # also the tanh as torch operations (no C kernel)
 
 Two models, batch 128: a small CNN on 28x28 input (compute-bound) and an MLP 784-1024-1024-10
 (1.8 M weights, little compute per weight: the worst case for an elementwise reparameterization).
@@ -64,10 +65,12 @@ VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "plain": lambda m: m,
     "wc fixed": lambda m: (wc.apply(m), m)[1],
     "wc learnable": lambda m: (wc.apply(m, learnable=True), m)[1],
-    "wc fixed (torch path)": lambda m: (wc.apply(m, kind="tanh-torch"), m)[1],
-    "wc learn (torch path)": lambda m: (wc.apply(m, kind="tanh-torch", learnable=True), m)[1],
     "wc learn (autograd)": lambda m: (wc.apply(m, kind="tanh-autograd", learnable=True), m)[1],
     "weight_norm": with_weight_norm,
+}
+TORCH_PATH_VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {  # with --torch-path
+    "wc fixed (torch path)": lambda m: (wc.apply(m, kind="tanh-torch"), m)[1],
+    "wc learn (torch path)": lambda m: (wc.apply(m, kind="tanh-torch", learnable=True), m)[1],
 }
 
 
@@ -124,11 +127,12 @@ def machine() -> str:
     return f"{cpu}; {threads} threads; torch {torch.__version__}; Python {python}; {kernel}"
 
 
-def run(rounds: int, steps: int) -> dict:
+def run(rounds: int, steps: int, torch_path: bool = False) -> dict:
     results: dict = {"machine": machine(), "batch": BATCH, "rounds": rounds, "steps_per_block": steps}
     for model_name, build in {"cnn": small_cnn, "mlp": mlp}.items():
         timers = {}
-        for variant, transform in VARIANTS.items():
+        variants = {**VARIANTS, **TORCH_PATH_VARIANTS} if torch_path else VARIANTS
+        for variant, transform in variants.items():
             torch.manual_seed(0)
             timers[variant] = train_step_timer(transform(build()), steps)
         medians = interleaved(timers, rounds)
@@ -165,12 +169,19 @@ def print_results(results: dict) -> None:
         print(f"{model_name:<5} {'infer baked':<22} {inf['baked']:8.2f} {r['inference_ratio_baked']:6.2f}")
 
 
-def parse_args(doc: str | None, steps: int, argv: list[str] | None) -> argparse.Namespace:
-    """The command line every benchmark here shares: --rounds, --steps, --json."""
+def parse_args(
+    doc: str | None, steps: int, argv: list[str] | None, torch_path: bool = False
+) -> argparse.Namespace:
+    """The command line every benchmark here shares: --rounds, --steps, --json (and --torch-path)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
     parser.add_argument("--steps", type=int, default=steps, help=f"steps per block (default {steps})")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    if torch_path:
+        parser.add_argument(
+            "--torch-path", action="store_true",
+            help="also time the tanh as torch operations (what runs without the C kernel)",
+        )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -181,8 +192,8 @@ def write_json(results: dict, path: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(__doc__, 10, argv)
-    results = run(args.rounds, args.steps)
+    args = parse_args(__doc__, 10, argv, torch_path=True)
+    results = run(args.rounds, args.steps, args.torch_path)
     print_results(results)
     write_json(results, args.json)
     return 0

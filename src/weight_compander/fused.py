@@ -55,18 +55,34 @@ class _TanhTorch(torch.autograd.Function):
         return grad_v, None, grad_gain, grad_limit
 
 
+_CHUNK = 1 << 16  # elements per float64 work chunk: small enough to stay in cache
+
+
 def _hyperparameter_gradients(grad_w: Tensor, v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor):
     """dLoss/dg and dLoss/dL, summed in float64 from float64 terms (see the module docstring).
 
-    dw/dg = v sech^2(u) and dw/dL = s (tanh(u) - u sech^2(u)); in float64 the subtraction's
-    cancellation as u -> 0 (it is 2u^3/3) costs nothing that a sum of float32 gradients shows.
+    dw/dg = v sech^2(u) and dw/dL = s (tanh(a) - a sech^2(a)) sign(v), both from one exp:
+    e = exp(-2a), sech^2 = 4e / (1 + e)^2, tanh(a) = (1 - e) / (1 + e); in float64 the
+    subtraction's cancellation as a -> 0 (it is 2a^3/3) costs nothing a float32 sum shows. The
+    work goes in cache-sized chunks: whole-tensor float64 temporaries were 5x slower on CPU.
     """
-    v64, grad_w64 = v.double(), grad_w.double()
-    u = v64 * (gain / (scale * limit)).double()
-    sech2 = torch.cosh(u).pow_(-2)
-    grad_gain = _row_sums(grad_w64 * v64 * sech2, gain)
-    grad_limit = _row_sums(grad_w64 * scale.double() * (torch.tanh(u) - u * sech2), limit)
-    return grad_gain, grad_limit
+    rows = v.shape[0] if max(scale.dim(), gain.dim(), limit.dim()) > 0 else 1
+    v_rows, grad_rows = v.reshape(rows, -1), grad_w.reshape(rows, -1)
+    k = _per_row(gain / (scale * limit), rows).view(rows, 1)
+    s = _per_row(scale, rows).view(rows, 1)
+    sums = torch.zeros(rows, 2, dtype=torch.float64, device=v.device)
+    width = max(1, _CHUNK // rows)
+    for start in range(0, v_rows.shape[1], width):
+        v64 = v_rows[:, start : start + width].double()
+        grad64 = grad_rows[:, start : start + width].double()
+        a = torch.abs(v64).mul_(k)
+        e = torch.mul(a, -2.0).exp_()
+        r = torch.add(e, 1.0).reciprocal_()
+        sech2 = torch.mul(e, 4.0).mul_(r).mul_(r)
+        sums[:, 0] += torch.mul(grad64, v64).mul_(sech2).sum(dim=1)
+        limit_part = e.neg_().add_(1.0).mul_(r).sub_(a.mul_(sech2))  # tanh(a) - a sech^2(a)
+        sums[:, 1] += limit_part.mul_(s).copysign_(v64).mul_(grad64).sum(dim=1)
+    return _per_hyper(sums[:, 0], gain), _per_hyper(sums[:, 1], limit)
 
 
 class _TanhKernel(torch.autograd.Function):
@@ -100,12 +116,6 @@ def _per_hyper(row_sums: Tensor, like: Tensor) -> Tensor:
     """Per-row sums reduced to the hyperparameter's shape (one value, or one per row)."""
     total = row_sums.sum().reshape(like.shape) if like.numel() == 1 else row_sums.view(like.shape)
     return total.to(like.dtype)
-
-
-def _row_sums(terms: Tensor, like: Tensor) -> Tensor:
-    """float64 terms summed over everything (like is one value) or per output channel (dim 0)."""
-    rows = terms.shape[0] if like.dim() > 0 else 1
-    return _per_hyper(terms.reshape(rows, -1).sum(dim=1), like)
 
 
 def _kernel_for(v: Tensor, *hyper: Tensor):
