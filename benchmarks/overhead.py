@@ -3,6 +3,7 @@
     python benchmarks/overhead.py                 # full run (a few minutes on 2 cores)
     python benchmarks/overhead.py --json out.json # also write the numbers
     python benchmarks/overhead.py --torch-path    # also the tanh as torch operations (no C kernel)
+    python benchmarks/overhead.py --before-issue-12  # also the inexact tanh used before issue 12
 
 Two models, batch 128: a small CNN on 28x28 input (compute-bound) and an MLP 784-1024-1024-10
 (1.8 M weights, little compute per weight: the worst case for an elementwise reparameterization).
@@ -26,6 +27,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 import weight_compander as wc
+from tanh_before_issue12 import sigmoid_tanh
 from weight_compander.fused import fused_tanh_torch
 
 BATCH = 128
@@ -60,6 +62,9 @@ wc.register_kind("tanh-autograd", _tanh.forward, _tanh.inverse, _tanh.hyperparam
 wc.register_kind(
     "tanh-torch", _tanh.forward, _tanh.inverse, _tanh.hyperparameters, bound="limit", fused=fused_tanh_torch
 )
+wc.register_kind(
+    "tanh-before-12", _tanh.forward, _tanh.inverse, _tanh.hyperparameters, bound="limit", fused=sigmoid_tanh
+)
 
 VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "plain": lambda m: m,
@@ -71,6 +76,10 @@ VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {
 TORCH_PATH_VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {  # with --torch-path
     "wc fixed (torch path)": lambda m: (wc.apply(m, kind="tanh-torch"), m)[1],
     "wc learn (torch path)": lambda m: (wc.apply(m, kind="tanh-torch", learnable=True), m)[1],
+}
+BEFORE_12_VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {  # with --before-issue-12
+    "wc fixed (before #12)": lambda m: (wc.apply(m, kind="tanh-before-12"), m)[1],
+    "wc learn (before #12)": lambda m: (wc.apply(m, kind="tanh-before-12", learnable=True), m)[1],
 }
 
 
@@ -127,11 +136,12 @@ def machine() -> str:
     return f"{cpu}; {threads} threads; torch {torch.__version__}; Python {python}; {kernel}"
 
 
-def run(rounds: int, steps: int, torch_path: bool = False) -> dict:
+def run(rounds: int, steps: int, torch_path: bool = False, before_12: bool = False) -> dict:
     results: dict = {"machine": machine(), "batch": BATCH, "rounds": rounds, "steps_per_block": steps}
     for model_name, build in {"cnn": small_cnn, "mlp": mlp}.items():
         timers = {}
-        variants = {**VARIANTS, **TORCH_PATH_VARIANTS} if torch_path else VARIANTS
+        variants = {**VARIANTS, **(TORCH_PATH_VARIANTS if torch_path else {})}
+        variants |= BEFORE_12_VARIANTS if before_12 else {}
         for variant, transform in variants.items():
             torch.manual_seed(0)
             timers[variant] = train_step_timer(transform(build()), steps)
@@ -182,6 +192,10 @@ def parse_args(
             "--torch-path", action="store_true",
             help="also time the tanh as torch operations (what runs without the C kernel)",
         )  # fmt: skip
+        parser.add_argument(
+            "--before-issue-12", action="store_true",
+            help="also time the inexact sigmoid-based tanh the library used before issue 12",
+        )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -193,7 +207,7 @@ def write_json(results: dict, path: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__, 10, argv, torch_path=True)
-    results = run(args.rounds, args.steps, args.torch_path)
+    results = run(args.rounds, args.steps, args.torch_path, args.before_issue_12)
     print_results(results)
     write_json(results, args.json)
     return 0

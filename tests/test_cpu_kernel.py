@@ -80,6 +80,17 @@ def test_results_do_not_depend_on_the_number_of_threads(rows):
         assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
 
 
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_an_unwritable_cache_falls_back_to_the_temp_folder(fresh_kernel, monkeypatch):
+    blocker = fresh_kernel / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("WEIGHT_COMPANDER_CACHE", str(blocker / "cache"))
+    monkeypatch.setattr(cpu_kernel.tempfile, "tempdir", str(fresh_kernel / "tmp"))
+    (fresh_kernel / "tmp").mkdir()
+    assert cpu_kernel.load() is not None
+    assert list((fresh_kernel / "tmp").glob("weight_compander-*/tanh-*.so"))
+
+
 def test_without_a_compiler_the_torch_path_runs_after_one_warning(fresh_kernel, monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler")
     monkeypatch.setenv("PATH", str(fresh_kernel))  # nothing to find

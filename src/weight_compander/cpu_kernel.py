@@ -16,6 +16,7 @@ warning says so. ``WEIGHT_COMPANDER_KERNEL=0`` chooses the torch path without a 
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import hashlib
 import os
@@ -137,11 +138,13 @@ def _compiler() -> str:
     raise RuntimeError("no C compiler found (tried $CC, cc, gcc, clang)")
 
 
-def _cache_dir() -> Path:
+def _cache_dirs() -> list[Path]:
+    """Where the built kernel may go: the user's cache, then (read-only home) the temp folder."""
     root = os.environ.get("WEIGHT_COMPANDER_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "weight_compander"
     )
-    return Path(root)
+    user = getattr(os, "getuid", lambda: "user")()
+    return [Path(root), Path(tempfile.gettempdir(), f"weight_compander-{user}")]
 
 
 def _machine() -> str:
@@ -159,11 +162,26 @@ def _build() -> Path:
     """Compile kernels/tanh.c into the cache (once per source, compiler and CPU) and return its path."""
     compiler, source = _compiler(), _source()
     parts = [source, compiler.encode(), _machine().encode(), repr(_FLAG_SETS).encode()]
-    key = hashlib.sha256(b"\0".join(parts))
-    target = _cache_dir() / f"tanh-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+    name = f"tanh-{key}.so"
+    for folder in _cache_dirs():
+        if (folder / name).exists():
+            return folder / name
+    unwritable = []
+    for folder in _cache_dirs():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return _compile(compiler, source, folder / name)
+        except PermissionError as error:  # e.g. a read-only home: try the next folder
+            unwritable.append(f"{folder}: {error.strerror}")
+        except OSError as error:
+            if error.errno not in (errno.EROFS, errno.EACCES, errno.EEXIST, errno.ENOTDIR):
+                raise
+            unwritable.append(f"{folder}: {error.strerror}")
+    raise RuntimeError(f"no writable cache folder ({'; '.join(unwritable)})")
+
+
+def _compile(compiler: str, source: bytes, target: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         source_file = Path(scratch, "tanh.c")
         source_file.write_bytes(source)
