@@ -53,7 +53,8 @@ def measure(function) -> dict[str, float | bool]:
 
 
 def main() -> int:
-    print(f"kernel: {wc.kernel_status()}")
+    status = wc.kernel_status()
+    print(f"C kernel: {'in use' if status.startswith('in use') else status}")
     for name, function in {"C kernel": fused_tanh, "torch path": fused_tanh_torch}.items():
         for key, value in measure(function).items():
             shown = value if isinstance(value, bool) else f"{value:.1e}"
