@@ -133,8 +133,9 @@ def _source() -> bytes:
 
 def _compiler() -> str:
     for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if candidate and shutil.which(candidate):
-            return shutil.which(candidate)  # type: ignore[return-value]
+        path = shutil.which(candidate) if candidate else None
+        if path:
+            return path
     raise RuntimeError("no C compiler found (tried $CC, cc, gcc, clang)")
 
 
@@ -172,10 +173,8 @@ def _build() -> Path:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             return _compile(compiler, source, folder / name)
-        except PermissionError as error:  # e.g. a read-only home: try the next folder
-            unwritable.append(f"{folder}: {error.strerror}")
-        except OSError as error:
-            if error.errno not in (errno.EROFS, errno.EACCES, errno.EEXIST, errno.ENOTDIR):
+        except OSError as error:  # e.g. a read-only home: try the next folder
+            if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR):
                 raise
             unwritable.append(f"{folder}: {error.strerror}")
     raise RuntimeError(f"no writable cache folder ({'; '.join(unwritable)})")
@@ -185,13 +184,12 @@ def _compile(compiler: str, source: bytes, target: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         source_file = Path(scratch, "tanh.c")
         source_file.write_bytes(source)
-        errors = []
+        built = Path(scratch, "tanh.so")
         for flags in _FLAG_SETS:
-            built = Path(scratch, f"tanh{len(errors)}.so")
             command = [compiler, *_COMMON_FLAGS, *flags, str(source_file), "-o", str(built)]
             result = subprocess.run(command, capture_output=True, text=True, timeout=120)
             if result.returncode == 0:
                 os.replace(built, target)  # atomic: a concurrent build of the same key is identical
                 return target
-            errors.append(result.stderr.strip().splitlines()[-1:] or ["?"])
-        raise RuntimeError(f"{Path(compiler).name} failed: {errors[-1][0]}")
+        last_line = (result.stderr.strip().splitlines() or ["?"])[-1]
+        raise RuntimeError(f"{Path(compiler).name} failed: {last_line}")

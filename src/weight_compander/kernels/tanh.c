@@ -98,8 +98,9 @@ static void backward_span(const float *restrict gw, const float *restrict v, flo
 
 /* dLoss/dv, and the sums sum(dLoss/dw * v sech^2(u)) = dLoss/dg and
  * sum(dLoss/dw * b (tanh(a) - a sech^2(a)) sign(v)) = L dLoss/dL, all in double: each sum adds a
- * million terms whose signs differ, and float32 terms (or a float32 u) leave it 1e-5 off float64
- * wherever it cancels to 1 % of its terms' root-sum-square. tanh(a) - a sech^2(a) = 2a^3/3 - ...
+ * million terms whose signs differ, and float32 terms (or a float32 u), a few 1e-7 off each, would
+ * leave it 1e-5 off wherever it cancels to 1 % of its terms' root-sum-square.
+ * tanh(a) - a sech^2(a) = 2a^3/3 - ...
  * cancels as a -> 0, so below a = 0.1 it is its Taylor series (truncation < 1e-11). */
 static void backward_sums_span(const float *restrict gw, const float *restrict v, float *restrict gv,
                                int64_t count, double k, double bound, double gain, double *sums) {
@@ -120,15 +121,26 @@ static void backward_sums_span(const float *restrict gw, const float *restrict v
     sums[1] = limit_sum;
 }
 
+/* Parallel work item b of a rows x inner array: pieces of at most BLOCK elements that never cross
+ * a row (per_row of them per row), so each piece has one row's hyperparameters. */
+typedef struct {
+    int64_t row, at, count;
+} Block;
+
+static inline Block block_at(int64_t b, int64_t per_row, int64_t inner) {
+    int64_t row = b / per_row, start = (b % per_row) * BLOCK;
+    Block block = {row, row * inner + start, inner - start < BLOCK ? inner - start : BLOCK};
+    return block;
+}
+
 /* v and w hold rows * inner floats; row r uses k[r] and bound[r] (rows = 1: one value for all). */
 void wc_tanh_forward(const float *v, float *w, int64_t rows, int64_t inner, const float *k,
                      const float *bound, int threads) {
     const int64_t per_row = (inner + BLOCK - 1) / BLOCK, blocks = rows * per_row;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && blocks > 1)
     for (int64_t b = 0; b < blocks; b++) {
-        int64_t row = b / per_row, start = (b % per_row) * BLOCK;
-        int64_t count = inner - start < BLOCK ? inner - start : BLOCK, at = row * inner + start;
-        forward_span(v + at, w + at, count, k[row], bound[row]);
+        Block c = block_at(b, per_row, inner);
+        forward_span(v + c.at, w + c.at, c.count, k[c.row], bound[c.row]);
     }
 }
 
@@ -138,9 +150,8 @@ void wc_tanh_backward(const float *gw, const float *v, float *gv, int64_t rows, 
     const int64_t per_row = (inner + BLOCK - 1) / BLOCK, blocks = rows * per_row;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && blocks > 1)
     for (int64_t b = 0; b < blocks; b++) {
-        int64_t row = b / per_row, start = (b % per_row) * BLOCK;
-        int64_t count = inner - start < BLOCK ? inner - start : BLOCK, at = row * inner + start;
-        backward_span(gw + at, v + at, gv + at, count, k[row], log4g[row], inv4g[row]);
+        Block c = block_at(b, per_row, inner);
+        backward_span(gw + c.at, v + c.at, gv + c.at, c.count, k[c.row], log4g[c.row], inv4g[c.row]);
     }
 }
 
@@ -155,9 +166,9 @@ int wc_tanh_backward_sums(const float *gw, const float *v, float *gv, int64_t ro
     if (!partial) return 1;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && blocks > 1)
     for (int64_t b = 0; b < blocks; b++) {
-        int64_t row = b / per_row, start = (b % per_row) * BLOCK;
-        int64_t count = inner - start < BLOCK ? inner - start : BLOCK, at = row * inner + start;
-        backward_sums_span(gw + at, v + at, gv + at, count, k[row], bound[row], gain[row], partial + 2 * b);
+        Block c = block_at(b, per_row, inner);
+        backward_sums_span(gw + c.at, v + c.at, gv + c.at, c.count, k[c.row], bound[c.row], gain[c.row],
+                           partial + 2 * b);
     }
     for (int64_t b = 0; b < blocks; b++) {
         sums[2 * (b / per_row)] += partial[2 * b];
