@@ -2,7 +2,8 @@
 
     python benchmarks/precision.py
 
-For the C kernel (CPU float32) and the torch path: whether f(-v) == -f(v) bit for bit, the
+For the C kernel (CPU float32), the torch path, and the sigmoid-based path the library used before
+issue 12 (benchmarks/tanh_before_issue12.py): whether f(-v) == -f(v) bit for bit, the
 largest relative error of w over |v| from 1e-30·s to 1e3·s, of dw/dv where |u| <= 20 (beyond,
 float32's rounding of u itself is amplified 2|u|-fold), and of both hyperparameter gradients
 on a 1024x1024 weight with a random upstream gradient (s 0.05, gain 1.5, limit 3), against
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 
 import weight_compander as wc
+from tanh_before_issue12 import sigmoid_tanh
 from weight_compander.fused import fused_tanh, fused_tanh_torch
 
 S, GAIN, LIMIT = 0.05, 1.5, 3.0
@@ -55,7 +57,8 @@ def measure(function) -> dict[str, float | bool]:
 def main() -> int:
     status = wc.kernel_status()
     print(f"C kernel: {'in use' if status.startswith('in use') else status}")
-    for name, function in {"C kernel": fused_tanh, "torch path": fused_tanh_torch}.items():
+    paths = {"C kernel": fused_tanh, "torch path": fused_tanh_torch, "before #12": sigmoid_tanh}
+    for name, function in paths.items():
         for key, value in measure(function).items():
             shown = value if isinstance(value, bool) else f"{value:.1e}"
             print(f"{name:<10} {key:<40} {shown}")
