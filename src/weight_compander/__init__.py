@@ -14,12 +14,13 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .api import apply, compand, remove
 from .bilevel import hyper_step
+from .companded_adam import CompandedAdamW
 from .coverage import Applied, Coverage, coverage
 from .cpu_kernel import kernel_status
 from .exceptions import CompanderWarning
 from .functions import Hyperparameter, Kind, get_kind, kinds, register_kind
 from .layer_types import LayerSpec, layers, register_layer
-from .optim import hyperparameters, named_hyperparameters, param_groups
+from .optim import effective_weight_decay, hyperparameters, named_hyperparameters, param_groups
 from .parametrization import Compander
 from .state import LAYOUT_VERSION, plain_state_dict
 from .stats import StatsTable, format_stats, stats, weights
@@ -32,6 +33,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 __all__ = [
     "LAYOUT_VERSION",
     "Applied",
+    "CompandedAdamW",
     "Compander",
     "CompanderWarning",
     "Coverage",
@@ -43,6 +45,7 @@ __all__ = [
     "apply",
     "compand",
     "coverage",
+    "effective_weight_decay",
     "format_stats",
     "get_kind",
     "hyper_step",

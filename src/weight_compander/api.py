@@ -108,6 +108,7 @@ def apply(
     scale: str | float = defaults.DEFAULT_SCALE,
     per_channel: bool = False,
     overflow: str = defaults.DEFAULT_OVERFLOW,
+    share_hyperparameters: bool = False,
     **hyperparameters: float,
 ) -> list[str]:
     """Compand many tensors of a model at once (the one-line drop-in).
@@ -121,6 +122,11 @@ def apply(
             Conv1d/2d/3d, ConvTranspose1d/2d/3d and transformers' ``Conv1D``.
         exclude: the same kinds of entries, taken out of ``include``.
         kind, learnable, scale, per_channel, overflow, **hyperparameters: as in ``compand``.
+        share_hyperparameters: ``True`` gives every companded tensor the *same* learnable
+            hyperparameter Parameters (the paper's "coarse" version: one ``(a, b)`` pair for
+            the network, one gradient summed over all tensors, one entry in the optimizer);
+            ``False`` (the paper's "fine"): one set per tensor. Fixed hyperparameters are the
+            same values either way.
 
     Returns:
         the names of the companded tensors, e.g. ``["features.0.weight", "fc.weight"]`` (a list),
@@ -146,6 +152,8 @@ def apply(
         holders = tied_holders(model, tensor) if isinstance(tensor, nn.Parameter) else []
         tied = [h for h in holders if h.module is not target.module or h.tensor_name != target.tensor_name]
         plans.append(_plan(target, tied, kind, learnable, scale, per_channel, overflow, hyperparameters))
+    if share_hyperparameters:
+        _share_hyperparameters(plans, per_channel)
     started: list[tuple[_Plan, Tensor]] = []
     try:
         for plan in plans:
@@ -253,6 +261,27 @@ def _plan(target, tied, kind, learnable, scale, per_channel, overflow, hyper) ->
     }
     compander = Compander(spec.name, s, tensors, learned)
     return _Plan(target, compander, tied or [], note)
+
+
+def _share_hyperparameters(plans: list[_Plan], per_channel: bool) -> None:
+    """Point every plan's learnable hyperparameters at the first plan's Parameters."""
+    if not isinstance(per_channel, bool) or per_channel:
+        raise ValueError(
+            "share_hyperparameters=True needs per_channel=False: one shared value per hyperparameter."
+        )
+    if not plans:
+        return
+    first = plans[0].compander
+    for plan in plans[1:]:
+        for name in first.learnable:
+            mine, theirs = getattr(plan.compander, f"raw_{name}"), getattr(first, f"raw_{name}")
+            if not torch.equal(mine.detach(), theirs.detach()):
+                raise ValueError(
+                    f"share_hyperparameters=True, but {plan.target.name!r} needs its own {name} "
+                    f"(its weights lie beyond the bound: the bound was raised for it); pass a larger "
+                    f"{name}= or overflow='clip'."
+                )
+            plan.compander._parameters[f"raw_{name}"] = theirs
 
 
 def _axis(target: Target, w: Tensor, where: str) -> int:

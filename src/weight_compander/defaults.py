@@ -15,6 +15,14 @@ TANH_LIMIT = 2.0  # |w| < limit * s; Kaiming-uniform init lies within sqrt(3) * 
 MULAW_MU = 8.0  # strength: slope at zero is mu / log1p(mu)
 MULAW_CROSSOVER = 3.0  # f(+-c * s) = +-c * s: weights beyond c * s are compressed
 
+# The paper's kinds (arctan, asinh, erf: ``a * phi(v / b)``), meant in absolute units (scale=1.0).
+# (1.0, 0.6) is one of the pairs its grid over {0.5, ..., 1.0}^2 chose; its learnable "fine"
+# version starts at a = 0.5, b = 1.0 (pass them explicitly).
+PAPER_A = 1.0
+PAPER_B = 0.6
+LINEAR_SLOPE = 1.0  # the linear control w = slope * v (same slope at zero as a*arctan(v/b): a/b)
+POWERPROP_ALPHA = 2.0  # Powerpropagation's w = v * |v|^(alpha - 1) (Schwarz et al. 2021)
+
 DEFAULT_LEARNABLE = False  # fixed hyperparameters unless asked otherwise
 DEFAULT_SCALE = "std"  # s = std of the tensor when companding is applied
 DEFAULT_OVERFLOW = "expand"  # bounded kinds: raise the limit to cover weights beyond it

@@ -55,8 +55,10 @@ class Hyperparameter:
 class Kind:
     """One compander: ``forward(x, **hyper)`` and its exact ``inverse(y, **hyper)`` on unit scale.
 
-    ``bound`` names the hyperparameter that bounds ``|phi|`` (bounded kinds only): weights at or
-    beyond it cannot be inverted, and the overflow policy of ``compand`` decides what happens.
+    ``bound`` names the hyperparameter that bounds ``|phi|`` (bounded kinds only), and
+    ``bound_factor`` what it is multiplied by (``|phi| < bound_factor * hyper[bound]``: 1 for tanh's
+    limit, pi/2 for arctan's ``a``): weights at or beyond it cannot be inverted, and the overflow
+    policy of ``compand`` decides what happens.
     ``fused`` is an optional fast path ``fused(v, s, **hyper) -> w`` with the same values.
     """
 
@@ -66,6 +68,7 @@ class Kind:
     hyperparameters: Mapping[str, Hyperparameter] = field(default_factory=dict)
     bound: str | None = None
     fused: Callable[..., Tensor] | None = None
+    bound_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if self.bound is not None and self.bound not in self.hyperparameters:
@@ -73,6 +76,14 @@ class Kind:
                 f"kind {self.name!r}: bound {self.bound!r} is not one of its hyperparameters "
                 f"{sorted(self.hyperparameters)}."
             )
+        if not (math.isfinite(self.bound_factor) and self.bound_factor > 0):
+            raise ValueError(
+                f"kind {self.name!r}: bound_factor must be a positive number; got {self.bound_factor}."
+            )
+
+    def bound_value(self, hyper: Mapping[str, Tensor]) -> Tensor:
+        """The bound on ``|phi|`` (unit scale) for these hyperparameter values (bounded kinds only)."""
+        return self.bound_factor * hyper[self.bound]
 
     def compand(self, v: Tensor, scale: Tensor, hyper: Mapping[str, Tensor]) -> Tensor:
         if self.fused is not None:
@@ -82,7 +93,7 @@ class Kind:
     def expand(self, w: Tensor, scale: Tensor, hyper: Mapping[str, Tensor]) -> Tensor:
         y = w / scale
         if self.bound is not None:  # the inverse diverges at the bound: clip just inside it
-            edge = (1.0 - defaults.OVERFLOW_MARGIN) * hyper[self.bound]
+            edge = (1.0 - defaults.OVERFLOW_MARGIN) * self.bound_value(hyper)
             y = torch.maximum(torch.minimum(y, edge), -edge)
         return scale * self.inverse(y, **hyper)
 
@@ -97,6 +108,7 @@ def register_kind(
     hyperparameters: Mapping[str, float | Hyperparameter] | None = None,
     *,
     bound: str | None = None,
+    bound_factor: float = 1.0,
     fused: Callable[..., Tensor] | None = None,
     replace: bool = False,
 ) -> Kind:
@@ -109,6 +121,7 @@ def register_kind(
             unchanged).
         hyperparameters: name -> default value (a positive number) or a ``Hyperparameter``.
         bound: the hyperparameter that bounds ``|phi|``, for bounded kinds.
+        bound_factor: ``|phi| < bound_factor * bound`` (e.g. ``math.pi / 2`` for ``a * arctan``).
         fused: optional fast path ``fused(v, s, **hyper) -> w`` computing the same values as
             ``s * forward(v / s)`` (e.g. with an analytic backward).
         replace: allow replacing an existing kind of that name.
@@ -131,7 +144,7 @@ def register_kind(
         if not isinstance(spec, Hyperparameter):
             spec = Hyperparameter(Hyperparameter(1.0).check(name, hyper_name, spec, False))
         specs[hyper_name] = spec
-    kind = Kind(name, forward, inverse, specs, bound=bound, fused=fused)
+    kind = Kind(name, forward, inverse, specs, bound=bound, fused=fused, bound_factor=bound_factor)
     _KINDS[name] = kind
     return kind
 
@@ -171,6 +184,47 @@ def _mulaw_inverse(y: Tensor, mu: Tensor, crossover: Tensor) -> Tensor:
     return crossover * torch.expm1(y.abs() * torch.log1p(mu) / crossover).copysign(y) / mu
 
 
+def _arctan(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    # on |x| with the sign copied back: odd to the last bit and f(-0) = -0 whatever libm does
+    return (a * torch.atan(x.abs() / b)).copysign(x)
+
+
+def _arctan_inverse(y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    return (b * torch.tan(y.abs() / a)).copysign(y)
+
+
+def _asinh(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    return (a * torch.asinh(x.abs() / b)).copysign(x)
+
+
+def _asinh_inverse(y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    return (b * torch.sinh(y.abs() / a)).copysign(y)
+
+
+def _erf(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    return (a * torch.erf(x.abs() / b)).copysign(x)
+
+
+def _erf_inverse(y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    return (b * torch.erfinv(y.abs() / a)).copysign(y)
+
+
+def _linear(x: Tensor, slope: Tensor) -> Tensor:
+    return slope * x
+
+
+def _linear_inverse(y: Tensor, slope: Tensor) -> Tensor:
+    return y / slope
+
+
+def _powerprop(x: Tensor, alpha: Tensor) -> Tensor:
+    return x.abs().pow(alpha).copysign(x)  # v * |v|^(alpha - 1), without 0 * inf at v = 0
+
+
+def _powerprop_inverse(y: Tensor, alpha: Tensor) -> Tensor:
+    return y.abs().pow(1.0 / alpha).copysign(y)
+
+
 def _identity(x: Tensor) -> Tensor:
     return x
 
@@ -200,6 +254,26 @@ def _register_builtins() -> None:
         {"mu": Hyperparameter(defaults.MULAW_MU), "crossover": Hyperparameter(defaults.MULAW_CROSSOVER)},
     )
     register_kind("identity", _identity, _identity, fused=_identity_fused)
+    _register_paper_kinds()
+
+
+def _register_paper_kinds() -> None:
+    """The paper's function family (its Table VII), its same-slope linear control and its peer.
+
+    The paper uses them in absolute units (``scale=1.0``): ``w = a * arctan(v / b)`` with one
+    ``(a, b)`` for the whole network.
+    """
+    ab = {"a": Hyperparameter(defaults.PAPER_A), "b": Hyperparameter(defaults.PAPER_B)}
+    register_kind("arctan", _arctan, _arctan_inverse, ab, bound="a", bound_factor=math.pi / 2)
+    register_kind("asinh", _asinh, _asinh_inverse, ab)
+    register_kind("erf", _erf, _erf_inverse, ab, bound="a")
+    register_kind("linear", _linear, _linear_inverse, {"slope": Hyperparameter(defaults.LINEAR_SLOPE)})
+    register_kind(
+        "powerprop",
+        _powerprop,
+        _powerprop_inverse,
+        {"alpha": Hyperparameter(defaults.POWERPROP_ALPHA, lower=1.0, closed=True)},
+    )
 
 
 _register_builtins()

@@ -33,6 +33,7 @@ class Overflow:
     bound: str
     before: float  # the bound asked for, in units of s
     raised: float | None  # the bound it was raised to (overflow="expand"); None: clipped
+    factor: float = 1.0  # |phi| < factor * bound (pi/2 for arctan's a)
 
 
 def fit_bound(
@@ -46,17 +47,18 @@ def fit_bound(
     others = tuple(d for d, n in enumerate(shape) if n == 1)  # per channel: reduce all but its axis
     peak = ratio.amax(dim=others, keepdim=True) if shape else ratio.max()
     usable = 1.0 - defaults.OVERFLOW_MARGIN
-    touched = int((ratio > usable * bound).sum())
+    factor = spec.bound_factor  # |phi| < factor * bound (pi/2 for arctan's a)
+    touched = int((ratio > usable * factor * bound).sum())
     if not touched:
         return bound, None
-    note = Overflow(where, touched, w.numel(), spec.name, spec.bound, bound.max().item(), None)
+    note = Overflow(where, touched, w.numel(), spec.name, spec.bound, bound.max().item(), None, factor)
     if policy == "error":
         raise ValueError(
             f"{_what([note])}; pass a larger {spec.bound}=, overflow='expand' to raise it, "
             "or overflow='clip' to clip those values."
         )
     if policy == "expand":
-        raised = torch.maximum(bound.expand(peak.shape), peak * (1 + 1e-6) / usable)
+        raised = torch.maximum(bound.expand(peak.shape), peak * (1 + 1e-6) / (usable * factor))
         note.raised = raised.max().item()
         return raised, note
     return bound, note
@@ -73,7 +75,10 @@ def _what(notes: list[Overflow], tensors: int = 1) -> str:
             f"{touched} of {numel} values ({touched / numel:.1%}) in {len(notes)} of {tensors} tensors "
             f"(most: {', '.join(f'{n.where} {n.touched / n.numel:.1%}' for n in worst)})"
         )
-    return f"{what} lie at or beyond the {first.kind} {first.bound} ({first.before:g}·s)"
+    if first.factor == 1.0:
+        return f"{what} lie at or beyond the {first.kind} {first.bound} ({first.before:g}·s)"
+    return (f"{what} lie at or beyond the {first.kind} bound {first.factor:.4g}·{first.bound} "
+            f"({first.bound} = {first.before:g}·s)")
 
 
 def message(notes: list[Overflow], tensors: int = 1) -> str:
@@ -88,6 +93,6 @@ def message(notes: list[Overflow], tensors: int = 1) -> str:
         )
     usable = 1.0 - defaults.OVERFLOW_MARGIN
     return (
-        f"{text}; clipped to {usable:g}·{first.bound}·s, so outputs change slightly "
+        f"{text}; clipped to {usable * first.factor:.4g}·{first.bound}·s, so outputs change slightly "
         "(overflow='expand' would keep them)."
     )

@@ -211,7 +211,7 @@ def _load_plain(module: nn.Module, name: str, plist, state_dict: dict, prefix: s
     w = w.to(device=compander.scale.device, dtype=plist.original.dtype)
     spec = get_kind(compander.kind)
     if spec.bound is not None:
-        bound = compander.hyperparameter_values()[spec.bound].detach()
+        bound = spec.bound_value(compander.hyperparameter_values()).detach()
         touched = int(((w / compander.scale).abs() > (1 - defaults.OVERFLOW_MARGIN) * bound).sum())
         if touched:
             warnings.warn(

@@ -39,8 +39,9 @@ DEFAULT_VAL_SIZE: dict[str, int] = {
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": tuple(DEFAULT_VAL_SIZE),
-    "optimizer": ("sgd", "adamw"),
-    "schedule": ("cosine", "onecycle", "constant"),
+    "optimizer": ("sgd", "adamw", "adamw-companded"),
+    "schedule": ("cosine", "onecycle", "constant", "multistep"),
+    "decay_on": ("raw", "effective"),
     "reparam": ("none", "wc", "weight_norm", "weight_std"),
     "wc_learn": ("train", "validation"),
     "wc_hyper_loss": ("plain", "train"),
@@ -85,11 +86,25 @@ class TrainConfig:
     # -- optimization --
     epochs: int = _field(10, "passes over the training set")
     batch_size: int = _field(128, "training batch size")
-    optimizer: str = _field("sgd", "sgd (SGD with Nesterov momentum) | adamw")
+    optimizer: str = _field(
+        "sgd", "sgd (SGD with Nesterov momentum) | adamw | adamw-companded (AdamW whose moments follow "
+        "dL/dw, a companded tensor's update multiplied by dw/dv: Powerprop's modification)"
+    )
     lr: float = _field(0.05, "peak learning rate")
     momentum: float = _field(0.9, "SGD momentum (AdamW: beta1)")
-    schedule: str = _field("cosine", "per-step learning-rate schedule: cosine|onecycle|constant")
+    nesterov: bool = _field(True, "SGD: Nesterov momentum (false: the classic heavy-ball momentum)")
+    schedule: str = _field("cosine", "per-step learning-rate schedule: cosine|onecycle|constant|multistep")
+    lr_milestones: list[float] = field(
+        default_factory=lambda: [0.45, 0.68],
+        metadata={"help": "multistep: fractions of training after which lr is multiplied by lr_factor "
+                          "(default: the paper's epochs 90 and 136 of 200)"},
+    )
+    lr_factor: float = _field(0.1, "multistep: the factor applied at each milestone")
     weight_decay: float = _field(5e-4, "decay of weights with dim >= 2 (not biases/norms/WC hyper)")
+    decay_on: str = _field(
+        "raw", "where weight decay acts on companded tensors: raw (the trained v) | effective "
+        "(weight_decay/2 * ||f(v)||^2 in the loss, the paper's placement for fixed hyperparameters)"
+    )
     label_smoothing: float = _field(0.0, "label smoothing of the training loss")
     augment: bool = _field(False, "batched data augmentation (crop/flip, shift for 1-D)")
     mixup_alpha: float = _field(0.0, "mixup Beta(alpha, alpha); 0 turns mixup off")
@@ -97,6 +112,14 @@ class TrainConfig:
     reparam: str = _field("none", "none | wc | weight_norm | weight_std")
     wc_kind: str = _field("tanh", "compander kind (tanh | mulaw | identity | registered)")
     wc_learnable: bool = _field(False, "learn the compander hyperparameters")
+    wc_scale: str | float = _field(
+        "std", "units of the hyperparameters: std (each tensor's std) | channel | a positive number "
+        "(1.0: absolute units, as the paper's arctan)"
+    )
+    wc_share: bool = _field(
+        False, "one set of learnable hyperparameters shared by all companded tensors (the paper's "
+        "coarse version) instead of one per tensor (fine)"
+    )
     wc_hyper: dict[str, float] = field(
         default_factory=dict, metadata={"help": "compander hyperparameters, e.g. gain=2,limit=3"}
     )
@@ -290,8 +313,33 @@ def _check_values(c: TrainConfig) -> None:
         raise ConfigError("wc_hyper_loss: only applies with wc_learn = 'validation'")
     if c.wc_learn_only is not None and not (learns and c.wc_learn_only):
         raise ConfigError("wc_learn_only: needs reparam = 'wc', wc_learnable = true and a non-empty list")
+    _check_paper_options(c)
     if isinstance(c.wc_layers, list) and not c.wc_layers:
         raise ConfigError("wc_layers: the list is empty; use 'default' or name the layers")
+
+
+def _check_paper_options(c: TrainConfig) -> None:
+    """The options of the paper's recipe: absolute scale, shared hyperparameters, decay placement."""
+    if isinstance(c.wc_scale, str) and c.wc_scale not in ("std", "channel"):
+        raise ConfigError(f"wc_scale: {c.wc_scale!r} is not one of std, channel, or a positive number")
+    if isinstance(c.wc_scale, float) and not c.wc_scale > 0:
+        raise ConfigError(f"wc_scale: must be > 0, got {c.wc_scale}")
+    if c.wc_share and not (c.reparam == "wc" and c.wc_learnable and not c.wc_per_channel):
+        raise ConfigError("wc_share: needs reparam = 'wc', wc_learnable = true and wc_per_channel = false")
+    if c.decay_on == "effective" and c.reparam != "wc":
+        raise ConfigError(
+            "decay_on: 'effective' needs reparam = 'wc' (without it, raw and effective are one)"
+        )
+    if c.optimizer == "adamw-companded" and c.reparam != "wc":
+        raise ConfigError("optimizer: 'adamw-companded' needs reparam = 'wc'; use adamw otherwise")
+    if not 0 < c.lr_factor <= 1:
+        raise ConfigError(f"lr_factor: must be in (0, 1], got {c.lr_factor}")
+    if c.schedule == "multistep" and not c.lr_milestones:
+        raise ConfigError("lr_milestones: multistep needs at least one milestone, e.g. [0.45, 0.68]")
+    if any(not 0 < m < 1 for m in c.lr_milestones) or c.lr_milestones != sorted(set(c.lr_milestones)):
+        raise ConfigError(
+            f"lr_milestones: must be increasing fractions of training in (0, 1); got {c.lr_milestones}"
+        )
 
 
 # ---------------------------------------------------------------- command-line values
@@ -311,6 +359,10 @@ def parse_value(key: str, text: str) -> Any:
         return text if text == "default" else [s.strip() for s in text.split(",") if s.strip()]
     if key == "wc_learn_only":
         return [s.strip() for s in text.split(",") if s.strip()]
+    if key == "lr_milestones":
+        return [_number(key, s) for s in text.split(",") if s.strip()]
+    if key == "wc_scale":
+        return text if text in ("std", "channel") else _number(key, text)
     if key == "wc_hyper":
         out: dict[str, float] = {}
         for item in filter(None, (s.strip() for s in text.split(","))):

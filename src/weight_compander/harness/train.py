@@ -143,7 +143,8 @@ def _run(
     # follow held-out batches instead (wc.hyper_step, first-order bilevel)
     bilevel = cfg.reparam == "wc" and cfg.wc_learn == "validation"
     groups = wc.param_groups(
-        model, cfg.weight_decay, hyper_lr=cfg.wc_hyper_lr, with_hyperparameters=not bilevel
+        model, cfg.weight_decay, hyper_lr=cfg.wc_hyper_lr, with_hyperparameters=not bilevel,
+        decay=cfg.decay_on,
     )
     hyper_opt = val_gen = None
     # "train": the hyperparameters see the training objective on held-out data; "plain" cross-
@@ -155,7 +156,7 @@ def _run(
         x_val, y_val = ds.val_x.to(dev), ds.val_y.to(dev)
         if not len(y_val):
             raise ConfigError("wc_learn: 'validation' needs a validation split (val_size >= 1)")
-    opt, sched = _optimizer(cfg, groups, cfg.epochs * steps)
+    opt, sched = _optimizer(cfg, groups, steps, model)
 
     start, step, history, position, best = 0, 0, [], None, BestEpoch()  # best: selection on val
     clock = {"train": 0.0, "wall": 0.0, "cpu": 0.0, "images": 0}
@@ -240,14 +241,16 @@ def _run(
                 partner = torch.randperm(len(y), generator=aug_gen)
                 x, y_mix = lam * x + (1 - lam) * x[partner], y[partner]
             x, y = distributed.shard(x), distributed.shard(y)  # this rank's share
-            logits = net(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            if mixing:
-                loss = lam * loss + (1 - lam) * F.cross_entropy(
-                    logits, distributed.shard(y_mix), label_smoothing=cfg.label_smoothing
-                )
+            with _weights_once(cfg):
+                logits = net(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                if mixing:
+                    loss = lam * loss + (1 - lam) * F.cross_entropy(
+                        logits, distributed.shard(y_mix), label_smoothing=cfg.label_smoothing
+                    )
+                objective = loss + _decay_penalty(cfg, model)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             opt.step()
             sched.step()
             if bilevel and (step + i + 1) % cfg.wc_hyper_every == 0:
@@ -328,7 +331,8 @@ def build_model(cfg: TrainConfig, shape: dict[str, Any]) -> tuple[nn.Module, lis
             names = wc.apply(
                 model, include, kind=cfg.wc_kind,
                 learnable=cfg.wc_learn_only if cfg.wc_learn_only else cfg.wc_learnable,
-                per_channel=cfg.wc_per_channel, **cfg.wc_hyper,
+                per_channel=cfg.wc_per_channel, scale=cfg.wc_scale,
+                share_hyperparameters=cfg.wc_share, **cfg.wc_hyper,
             )
         elif cfg.reparam in ("weight_norm", "weight_std"):
             names = peers.apply_peer(model, cfg.reparam)
@@ -453,14 +457,32 @@ def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     checkpoint.write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
 
-def _optimizer(cfg: TrainConfig, groups: list[dict], total: int) -> tuple[Any, Any]:
-    """The config's optimizer over `groups` and its per-step schedule over `total` steps."""
+def _weights_once(cfg: TrainConfig) -> contextlib.AbstractContextManager:
+    """With decay on the effective weight the loss reads every weight twice: compute it once."""
+    return parametrize.cached() if cfg.decay_on == "effective" else contextlib.nullcontext()
+
+
+def _decay_penalty(cfg: TrainConfig, model: nn.Module) -> Tensor | float:
+    """``weight_decay/2 * ||f(v)||^2`` of the companded tensors when decay acts on the effective weight."""
+    if cfg.decay_on != "effective" or cfg.weight_decay == 0:
+        return 0.0
+    return wc.effective_weight_decay(model, cfg.weight_decay)
+
+
+def _optimizer(cfg: TrainConfig, groups: list[dict], steps: int, model: nn.Module) -> tuple[Any, Any]:
+    """The config's optimizer over `groups` and its per-step schedule over the run's steps."""
+    total = cfg.epochs * steps
     if cfg.optimizer == "sgd":
-        nesterov = cfg.momentum > 0  # torch refuses Nesterov without momentum
+        nesterov = cfg.nesterov and cfg.momentum > 0  # torch refuses Nesterov without momentum
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov)
+    elif cfg.optimizer == "adamw-companded":
+        opt = wc.CompandedAdamW(groups, model, lr=cfg.lr, betas=(cfg.momentum, 0.999))
     else:
         opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-    if cfg.schedule == "cosine":
+    if cfg.schedule == "multistep":  # at epoch boundaries: milestones are fractions of the epochs
+        milestones = [max(1, round(m * cfg.epochs)) * steps for m in cfg.lr_milestones]
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=cfg.lr_factor)
+    elif cfg.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     elif cfg.schedule == "onecycle":
         max_lr = [g["lr"] for g in opt.param_groups]
