@@ -38,11 +38,22 @@ def inverse(kind: str, w: torch.Tensor, s: float, **hyper: float) -> torch.Tenso
     return spec.expand(w, torch.tensor(s, dtype=D), h)
 
 
+paper_ab = {"a": st.floats(0.3, 3.0), "b": st.floats(0.3, 3.0)}
 KIND_CASES = [
     ("tanh", {"gain": gains, "limit": limits}),
     ("mulaw", {"mu": mus, "crossover": crossovers}),
     ("identity", {}),
+    ("arctan", paper_ab),
+    ("asinh", paper_ab),
+    ("erf", paper_ab),
+    ("linear", {"slope": st.floats(0.2, 5.0)}),
+    ("powerprop", {"alpha": st.floats(1.0, 4.0, exclude_min=True)}),
 ]
+
+
+def test_every_registered_builtin_kind_is_property_tested():
+    builtin = [k for k in wc.kinds() if not k.startswith("test-")]
+    assert sorted(builtin) == sorted(k for k, _ in KIND_CASES)
 
 
 @pytest.mark.parametrize(("kind", "hyper"), KIND_CASES, ids=[k for k, _ in KIND_CASES])
@@ -201,8 +212,13 @@ def test_inverse_is_odd_to_the_last_bit(kind, hyper, dtype):
     law()
 
 
+# Powerprop's v * |v|^(alpha - 1) underflows float32 below ~1e-38^(1/alpha) by its very form:
+# |w| is a power of |v|, so no implementation keeps 1e-6 there; its other laws hold.
+PRECISE_KIND_CASES = [(k, h) for k, h in KIND_CASES if k != "powerprop"]
+
+
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize(("kind", "hyper"), KIND_CASES, ids=KIND_IDS)
+@pytest.mark.parametrize(("kind", "hyper"), PRECISE_KIND_CASES, ids=[k for k, _ in PRECISE_KIND_CASES])
 def test_float32_within_1e_6_of_float64_from_1e_30_to_1e3_scales(kind, hyper, path):
     @settings(max_examples=40, deadline=None)
     @given(pairs=wide, s=scales, h=st.fixed_dictionaries(hyper), rows=st.sampled_from([1, 3]))

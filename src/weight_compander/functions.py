@@ -176,37 +176,44 @@ def _tanh_inverse(y: Tensor, gain: Tensor, limit: Tensor) -> Tensor:
 
 
 def _mulaw(x: Tensor, mu: Tensor, crossover: Tensor) -> Tensor:
-    # copysign rather than sign(x) * ...: f(-0) = -0, so the function is odd to the last bit
-    return crossover * torch.log1p(mu * x.abs() / crossover).copysign(x) / torch.log1p(mu)
+    # copysign rather than sign(x) * ...: f(-0) = -0, so the function is odd to the last bit.
+    # At exactly 0 the line through it (x * slope, +-0 kept) takes over: abs has autograd slope 0
+    # there, which would freeze a weight that is exactly 0.
+    curve = crossover * torch.log1p(mu * x.abs() / crossover).copysign(x) / torch.log1p(mu)
+    return torch.where(x == 0, x * (mu / torch.log1p(mu)), curve)
 
 
 def _mulaw_inverse(y: Tensor, mu: Tensor, crossover: Tensor) -> Tensor:
     return crossover * torch.expm1(y.abs() * torch.log1p(mu) / crossover).copysign(y) / mu
 
 
+# torch's atan, asinh, erf and their inverses are odd to the last bit on their own (tests check
+# it), so the formulas are written plainly: a copysign(|x|) form would also be odd, but its
+# autograd slope at exactly v = 0 is 0 (abs has gradient 0 there), and a zero weight never moves.
+
+
 def _arctan(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    # on |x| with the sign copied back: odd to the last bit and f(-0) = -0 whatever libm does
-    return (a * torch.atan(x.abs() / b)).copysign(x)
+    return a * torch.atan(x / b)
 
 
 def _arctan_inverse(y: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    return (b * torch.tan(y.abs() / a)).copysign(y)
+    return b * torch.tan(y / a)
 
 
 def _asinh(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    return (a * torch.asinh(x.abs() / b)).copysign(x)
+    return a * torch.asinh(x / b)
 
 
 def _asinh_inverse(y: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    return (b * torch.sinh(y.abs() / a)).copysign(y)
+    return b * torch.sinh(y / a)
 
 
 def _erf(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    return (a * torch.erf(x.abs() / b)).copysign(x)
+    return a * torch.erf(x / b)
 
 
 def _erf_inverse(y: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    return (b * torch.erfinv(y.abs() / a)).copysign(y)
+    return b * torch.erfinv(y / a)
 
 
 def _linear(x: Tensor, slope: Tensor) -> Tensor:
@@ -218,7 +225,8 @@ def _linear_inverse(y: Tensor, slope: Tensor) -> Tensor:
 
 
 def _powerprop(x: Tensor, alpha: Tensor) -> Tensor:
-    return x.abs().pow(alpha).copysign(x)  # v * |v|^(alpha - 1), without 0 * inf at v = 0
+    # v * |v|^(alpha - 1), without 0 * inf at v = 0; its slope there is 0 (alpha > 1), as autograd's
+    return x.abs().pow(alpha).copysign(x)
 
 
 def _powerprop_inverse(y: Tensor, alpha: Tensor) -> Tensor:
@@ -272,7 +280,7 @@ def _register_paper_kinds() -> None:
         "powerprop",
         _powerprop,
         _powerprop_inverse,
-        {"alpha": Hyperparameter(defaults.POWERPROP_ALPHA, lower=1.0, closed=True)},
+        {"alpha": Hyperparameter(defaults.POWERPROP_ALPHA, lower=1.0)},
     )
 
 

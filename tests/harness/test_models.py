@@ -15,19 +15,20 @@ SHAPES = {name: [(1, (28, 28)), (3, (32, 32)), (1, (8, 8))] for name in IMAGE_MO
 SHAPES["cnn1d"] = [(1, (40,)), (2, (40,))]
 CASES = [(name, c, s) for name in MODELS for c, s in SHAPES[name]]
 # Parameter counts for 10 classes, 3x32x32 input (1x40 for cnn1d): the published sizes where
-# there are any (ResNet-20 0.27M, WRN-16-4 2.7M).
+# there are any (ResNet-20 0.27M, CIFAR ResNet-18 11.2M, WRN-16-4 2.7M).
 PARAMS = {
     "mlp": (1.6e6, 1.8e6),
     "cnn": (0.5e6, 0.65e6),
     "cnn-nonorm": (0.5e6, 0.65e6),
     "resnet20": (0.26e6, 0.29e6),
+    "resnet18": (11.1e6, 11.2e6),
     "wrn16-4": (2.7e6, 2.8e6),
     "cnn1d": (15e3, 40e3),
 }
 
 
 def test_registry_contents():
-    assert set(MODELS) == {"mlp", "cnn", "cnn-nonorm", "resnet20", "wrn16-4", "cnn1d"}
+    assert set(MODELS) == {"mlp", "cnn", "cnn-nonorm", "resnet20", "resnet18", "wrn16-4", "cnn1d"}
     assert set(PARAMS) == set(MODELS)
 
 

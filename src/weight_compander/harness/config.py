@@ -81,7 +81,7 @@ class TrainConfig:
         "symmetric", "symmetric (a random other class) | pairflip (class c -> c+1)"
     )
     # -- model --
-    model: str = _field("mlp", "mlp | cnn | cnn-nonorm | resnet20 | wrn16-4 | cnn1d")
+    model: str = _field("mlp", "mlp | cnn | cnn-nonorm | resnet20 | resnet18 | wrn16-4 | cnn1d")
     dropout: float = _field(0.0, "dropout probability in the model's head")
     # -- optimization --
     epochs: int = _field(10, "passes over the training set")

@@ -53,7 +53,7 @@ def build_model(
     """Build a registered model for data of the given shape.
 
     Args:
-        name: one of :data:`MODELS` (``mlp``, ``cnn``, ``resnet20``, ``wrn16-4``, ``cnn1d``).
+        name: one of :data:`MODELS` (``mlp``, ``cnn``, ``resnet20``, ``resnet18``, ``wrn16-4``, ``cnn1d``).
         in_channels: channels of the input (1 for grey images and signals, 3 for colour).
         input_size: spatial shape of one example, ``(H, W)`` or ``(L,)`` (as in
             :attr:`Dataset.input_size <weight_compander.harness.data.Dataset>`); an int means
@@ -242,6 +242,14 @@ def resnet20(in_channels: int, input_size: tuple[int, ...], num_classes: int, dr
     """ResNet-20 (3 stages x 3 basic blocks, 16/32/64 channels, ~0.27M parameters)."""
     _require_2d("resnet20", input_size)
     return ResNet(in_channels, num_classes, blocks=3, widths=(16, 32, 64), dropout=dropout)
+
+
+@register_model("resnet18")
+def resnet18(in_channels: int, input_size: tuple[int, ...], num_classes: int, dropout: float):
+    """CIFAR ResNet-18, the paper's main model (3x3 stem, 4 stages x 2 basic blocks,
+    64/128/256/512 channels, ~11.2M parameters; the common CIFAR adaptation of He et al. 2016)."""
+    _require_2d("resnet18", input_size)
+    return ResNet(in_channels, num_classes, blocks=2, widths=(64, 128, 256, 512), dropout=dropout)
 
 
 # --------------------------------------------------------------------------- wide resnet
