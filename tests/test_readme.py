@@ -50,3 +50,15 @@ def test_lightning_example(tmp_path, monkeypatch):
     x = torch.randn(3, 20)
     assert torch.equal(ns["plain"](x), ns["model"].net(x))
     assert len(list(__import__("weight_compander").hyperparameters(ns["model"]))) == 4
+
+
+def test_paper_method_example():
+    import weight_compander as wc
+
+    ns = run(example("The paper's method"))
+    model = ns["model"]
+    assert [row["kind"] for row in wc.stats(model)] == ["arctan", "arctan"]
+    assert {row["scale"] for row in wc.stats(model)} == {1.0}
+    assert [n for n, _ in wc.named_hyperparameters(ns["learned"])] == ["0.weight.raw_a", "0.weight.raw_b"]
+    assert isinstance(ns["adam"], wc.CompandedAdamW)
+    assert model[0].parametrizations.weight.original.grad is not None
