@@ -1,0 +1,103 @@
+"""The paper's-method table: each benchmark x {paper-WC, its controls, its peers}, paired vs base.
+
+    python scripts/paper_results.py [STUDIES_DIR] [OUT_MD]
+
+Reads the committed run folders of each benchmark's stage-3 comparison (default
+``studies/<name>/``), pairs every variant with ``base`` by seed, and writes the Markdown table
+(default ``docs/results/paper-method.md``): mean paired difference of test accuracy in points
+with its 95 % t-interval and ``n`` (the number of paired seeds). A cell with fewer than 5 pairs
+is marked *partial*: no verdict is drawn from it. Final-epoch and best-validation-epoch
+accuracy are reported side by side (the paper tests the best validation epoch). The paper's own
+deltas stand in the last column for reference; nothing here is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# benchmark id -> stage-3 comparison folder under STUDIES_DIR
+BENCHMARKS = {"P-resnet": "p-resnet", "F-small": "paper-fsmall", "F-mlp": "paper-fmlp",
+              "M1D": "paper-m1d", "D": "paper-digits"}  # fmt: skip
+# column -> variant name in those comparisons
+COLUMNS = {
+    "paper-WC": "paper-wc",
+    "linear control": "linear-control",
+    "lr-matched base": "base-lr-matched",
+    "library WC": "wc-fixed",
+    "weight_norm": "weight-norm",
+    "Powerprop": "powerprop",
+}
+# The paper's own WC - base deltas (points; CIFAR, best validation epoch), for reference.
+PAPER_DELTAS = "C10 R18 +0.40, C10 R50 +0.75, C100 R50 +1.56, ImageNet R50 +0.22"
+FULL_SEEDS = 5
+
+
+def paired_cells(runs: Sequence[Any], variant: str, key: str) -> dict[str, Any] | None:
+    """Paired difference (report.paired_difference's dict) of `variant` - base on final[key]."""
+    from weight_compander.harness.report import paired_difference
+
+    def values(name: str) -> dict[int, float]:
+        return {r.seed: float(r.final[key]) for r in runs
+                if r.variant == name and r.final.get(key) is not None}  # fmt: skip
+
+    mine, base = values(variant), values("base")
+    if not mine or not base:
+        return None
+    return paired_difference(mine, base)
+
+
+def cell(d: dict[str, Any] | None) -> str:
+    if not d or d["mean"] is None:
+        return "—"
+    text = f"{100 * d['mean']:+.2f}"
+    if d["ci"] is not None:
+        lo, hi = (100 * x for x in d["ci"])
+        text += f" [{lo:+.2f}, {hi:+.2f}]"
+    text += f" n={d['n']}"
+    return text if d["n"] >= FULL_SEEDS else f"*{text}, partial*"
+
+
+def table(studies: Path) -> list[str]:
+    from weight_compander.harness.report import scan_runs
+
+    lines = [
+        "| benchmark | accuracy | " + " | ".join(COLUMNS) + " | the paper (WC − base) |",
+        "|---|---|" + "---|" * len(COLUMNS) + "---|",
+    ]
+    for bench, folder in BENCHMARKS.items():
+        path = studies / folder
+        if not path.is_dir():
+            lines.append(f"| {bench} | not run yet |" + " |" * len(COLUMNS) + f" {PAPER_DELTAS} |")
+            continue
+        runs = scan_runs(path).runs
+        for label, key in (("final", "test_acc"), ("best val", "test_acc_best_val")):
+            cells = [cell(paired_cells(runs, variant, key)) for variant in COLUMNS.values()]
+            lines.append(f"| {bench} | {label} | " + " | ".join(cells) + f" | {PAPER_DELTAS} |")
+    return lines
+
+
+def main(argv: Sequence[str]) -> int:
+    studies = Path(argv[0]) if argv else Path("studies")
+    out = Path(argv[1]) if len(argv) > 1 else Path("docs/results/paper-method.md")
+    if not studies.is_dir():
+        print(f"{studies} is not a folder; pass the folder holding the study's comparisons", file=sys.stderr)
+        return 2
+    head = [
+        "# The paper's method at CPU scale: paired test-accuracy difference to base (points)",
+        "",
+        f"Computed by `python scripts/paper_results.py {studies} {out}` from the run folders in "
+        f"`{studies}/`; mean of per-seed differences, 95 % t-interval, n paired seeds "
+        f"(*partial* below {FULL_SEEDS}: no verdict).",
+        "",
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(head + table(studies)) + "\n", encoding="utf-8")
+    print(out.read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
