@@ -40,7 +40,9 @@ from weight_compander.harness import (
     checkpoint,
     data,
     distributed,
+    kure,
     label_noise,
+    mechanism,
     models,
     peers,
     runfiles,
@@ -246,6 +248,8 @@ def _run(
                 loss = lam * loss + (1 - lam) * F.cross_entropy(
                     logits, distributed.shard(y_mix), label_smoothing=cfg.label_smoothing
                 )
+            if cfg.kure:  # the KURE peer (kure.py): λ · mean (kurtosis − 1.8)² of the weights
+                loss = loss + cfg.kure * kure.penalty(model)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -288,6 +292,7 @@ def _run(
             "epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
             "wc": _wc_hyper(model) if cfg.reparam == "wc" else {},
+            **mechanism.epoch_metrics(model, ds, cfg.eval_batch_size),  # kurtosis, memorization
             "time": time.perf_counter() - t0,
         }
         history.append(record)
