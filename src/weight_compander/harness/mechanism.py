@@ -133,24 +133,26 @@ def memorization_lines(runs: Sequence[Run], order: Sequence[str], figdir: Path, 
 
 def kurtosis_lines(runs: Sequence[Run], order: Sequence[str]) -> list[str]:
     """A table of each layer's weight kurtosis after the last epoch, per variant; [] if none."""
-    last = {r: r.metrics[-1]["kurtosis"] for r in runs if r.metrics and r.metrics[-1].get("kurtosis")}
+    last = [(r.variant, r.metrics[-1]["kurtosis"]) for r in runs
+            if r.metrics and r.metrics[-1].get("kurtosis")]
     if not last:
         return []
-    layers = list(dict.fromkeys(name for k in last.values() for name in k))
+    layers = list(dict.fromkeys(name for _, k in last for name in k))
     per: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
-    for r, k in last.items():
+    for variant, k in last:
         for name, value in k.items():
-            per[r.variant][name].append(float(value))
+            per[variant][name].append(float(value))
     shown = [v for v in order if v in per]
+    count = collections.Counter(v for v, _ in last)
     lines = ["#### Weight kurtosis per layer", "",
              "Kurtosis of each Linear/Conv layer's effective weight after the last epoch (mean ± std "
              "over seeds; 1.8: uniform, 3: Gaussian, more: heavy tails, which stretch a "
              "quantization grid). Rows: layers in network order; n: seeds.", "",
-             "| layer | " + " | ".join(f"{v} (n={len(next(iter(per[v].values())))})" for v in shown) + " |",
+             "| layer | " + " | ".join(f"{v} (n={count[v]})" for v in shown) + " |",
              "|---|" + "---:|" * len(shown)]
     for name in layers:
         lines.append(f"| {name} | " + " | ".join(_pm(per[v].get(name, [])) for v in shown) + " |")
-    mean_row = [_pm([statistics.fmean(k.values()) for r, k in last.items() if r.variant == v]) for v in shown]
+    mean_row = [_pm([statistics.fmean(k.values()) for u, k in last if u == v]) for v in shown]
     lines.append("| **mean over layers** | " + " | ".join(mean_row) + " |")
     return [*lines, ""]
 
