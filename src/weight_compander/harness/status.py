@@ -153,6 +153,8 @@ def study_status(folder: str | Path, config: str | Path | None = None) -> StudyS
 def _time(seconds: float | None) -> str:
     if seconds is None:
         return "?"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -184,7 +186,7 @@ def format_status(st: StudyStatus) -> str:
              _time(sum(r.cpu_time for r in st.runs)),
              _time(None if None in go else sum(g for g in go if g is not None))]
     if robust:
-        total.insert(5, f"{sum(bool(r.robust) for r in st.runs)}/{count['finished']}")
+        total.insert(5, f"{sum(bool(r.robust) for r in st.runs)}/{len(st.runs)}")
     rows.append(total)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for row in rows:
