@@ -51,6 +51,11 @@ def test_quick_demo_runs_end_to_end_and_prints_the_table(tmp_path, capsys):
         final = json.loads((out / variant / "seed1" / "final.json").read_text())
         assert final["epochs"] == 1
         assert f"| {variant} | 2 | " in printed
+        assert (out / variant / "seed1" / "robustness.json").exists()
+    # the robustness summary of its own runs, one row per variant
+    assert "### demo-digits-quick: robustness (last epoch's weights)" in printed
+    assert "| variant | n | clean, acc % | input corruptions, acc % |" in printed
+    assert "| wc-learn | 2 | " in printed.split("robustness (last epoch's weights)")[1]
     assert f"{out / 'report.md'}" in printed and (out / "report.md").exists()
     # and the same comparison is what `compare` resolves
     data, path, _ = demo.demo_config(quick=True)

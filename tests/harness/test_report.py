@@ -112,8 +112,19 @@ def test_a_folder_of_comparisons_gets_a_table_and_figures_each(tmp_path):
     assert text.count("| base | 5 |") == 2
     assert text.count("| wc | 5 | ") == 2  # paired within its own comparison
     assert text.count("+2.00 [") == 2
+    assert "**Partial**" not in text  # 5 seeds everywhere: a complete table
     for name in ("F-small", "M1D"):
         assert is_png(tmp_path / "figures" / f"{name}-accuracy.png")
+
+
+def test_a_variant_below_five_seeds_makes_the_table_partial(fake_runs):
+    text = write_report(fake_runs).read_text()
+    assert "**Partial**: finished seeds per variant: wc-learn 4: under 5 seeds this is a progress " \
+        "report, not a verdict." in text  # base has its 5
+    (fake_runs / "compare.json").write_text(json.dumps(
+        {"baseline": "base", "seeds": list(range(6)), "variants": {"base": {}, "wc-learn": {}}}))
+    text = write_report(fake_runs).read_text()  # 5 seeds but 6 planned: partial, no verdict note
+    assert "**Partial**: finished seeds per variant (of 6 planned): base 5, wc-learn 4: under 5" in text
 
 
 def test_baseline_option_and_errors(fake_runs, capsys):

@@ -177,3 +177,13 @@ def test_compare_checks_its_robustness_table_before_any_run():
         comparison_from_dict({**base, "robustness": {"bits": [1]}})
     with pytest.raises(CompareError, match="robustness must be true, false or a table"):
         comparison_from_dict({**base, "robustness": "yes"})
+
+
+def test_a_comparison_file_can_ask_for_every_test_image():
+    """TOML has no None: images = "all" is the whole test set, the same suite as --images all."""
+    base = {"seeds": [0], "variants": {"base": {}}}
+    options = comparison_from_dict({**base, "robustness": {"images": "all"}}).robustness
+    suite = robustness.Suite.from_options(options)
+    assert suite.images is None and suite.fingerprint() == robustness.Suite(images=None).fingerprint()
+    with pytest.raises(CompareError, match=r"images: must be an integer >= 1 or \"all\".*'some'"):
+        comparison_from_dict({**base, "robustness": {"images": "some"}})

@@ -51,7 +51,7 @@ def test_run_writes_the_run_folder(tmp_path):
     rows = metrics(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert set(rows[0]) == {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc",
-                            "lr", "wc", "time"}
+                            "lr", "wc", "kurtosis", "time"}  # no label noise: no memorization
     assert rows[1]["step"] == 2 * (400 // 64)
     assert rows[0]["wc"] and all("gain" in h for h in rows[0]["wc"].values())
 

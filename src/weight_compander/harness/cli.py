@@ -1,4 +1,4 @@
-"""The ``weight-compander`` command: train, compare, report, demo, robustness.
+"""The ``weight-compander`` command: train, compare, report, demo, robustness, status.
 
 Each subcommand module exposes ``add_parser(subparsers)``, which registers its options
 and sets ``func`` (args -> exit code). The ``train`` flags are generated from the
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from weight_compander.harness import compare, demo, report, robustness
+    from weight_compander.harness import compare, demo, report, robustness, status
 
     parser = argparse.ArgumentParser(
         prog="weight-compander",
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_parser(subparsers)
     demo.add_parser(subparsers)
     robustness.add_parser(subparsers)
+    status.add_parser(subparsers)
     return parser
 
 

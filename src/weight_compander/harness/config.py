@@ -147,6 +147,11 @@ class TrainConfig:
     seed: int = _field(0, "seed of init, data order, augmentation and dropout")
     threads: int | None = _field(None, "torch CPU threads (None: torch's default)")
     eval_batch_size: int = _field(1024, "batch size for validation and test")
+    # -- peers of the study (issue 20) --
+    kure: float = _field(
+        0.0, "KURE peer (Shkolnik et al. 2020): add kure * mean over Linear/Conv layers of "
+        "(kurtosis(w) - 1.8)^2 to the training loss; 0 turns it off"
+    )
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -316,6 +321,8 @@ def _check_values(c: TrainConfig) -> None:
     _check_paper_options(c)
     if isinstance(c.wc_layers, list) and not c.wc_layers:
         raise ConfigError("wc_layers: the list is empty; use 'default' or name the layers")
+    if not c.kure >= 0:
+        raise ConfigError(f"kure: must be >= 0 (0: off), got {c.kure}")
 
 
 def _check_paper_options(c: TrainConfig) -> None:

@@ -105,7 +105,9 @@ class Dataset:
     1-D signals (what :func:`~weight_compander.harness.models.build_model` takes);
     ``augment_policy`` names the policy of :func:`~weight_compander.harness.augment.augment_batch`
     that suits the data; ``source`` says where the data came from; ``mean`` and ``std`` are the
-    per-channel training statistics used to normalise every split.
+    per-channel training statistics used to normalise every split. ``train_y_clean`` holds the
+    training labels as they were before label noise (label_noise.py), so a run can tell which
+    examples it was given a wrong label for; None without label noise.
     """
 
     name: str
@@ -122,6 +124,7 @@ class Dataset:
     source: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    train_y_clean: Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

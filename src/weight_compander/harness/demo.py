@@ -1,7 +1,9 @@
 """`weight-compander demo`: the main job — baseline vs weight compander, in minutes on a CPU.
 
 It is a `compare` of a built-in comparison (configs/demo.toml: Fashion-MNIST; or
-configs/demo-digits.toml when Fashion-MNIST is not installed), followed by the report. The
+configs/demo-digits.toml when Fashion-MNIST is not installed), followed by the report; it
+prints the accuracy table and the robustness summary of its runs (a small, fixed set of test
+images, the comparison's ``robustness = {...}``). The
 same numbers come from ``weight-compander compare configs/demo.toml``, which writes to the
 same folder, so finished runs are shared and skipped.
 """
@@ -86,6 +88,11 @@ def run_demo(
     if keep:
         log("")
         log(markdown_tables(keep, comparison.baseline))
+        if comparison.robustness is not None:  # the demo's own runs, beyond clean accuracy
+            from .robustness import Suite
+            from .robustness_report import summary_table
+
+            log(summary_table(keep, Suite.from_options(comparison.robustness).weights))
     log(f"demo took {time.perf_counter() - start:.0f} s; the runs used "
         f"{summary['runs_cpu_time']:.0f} s of CPU time; report with figures: {out / 'report.md'}")
     return 1 if summary["failed"] else 0

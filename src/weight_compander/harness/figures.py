@@ -235,6 +235,21 @@ def scaled_weights(run_dir: Path, names: Sequence[str] | None = None) -> tuple[d
     return out, False
 
 
+def _has_weights(run: Run) -> bool:
+    return any(run.path.glob("checkpoint*.pt"))  # the weights live in the checkpoint
+
+
+def no_weights_note(runs: Sequence[Run], order: Sequence[str]) -> list[str]:
+    """Markdown lines naming the variants the weight histograms leave out because none of their
+    runs has a checkpoint (a study's committed run folders keep none); [] if every one has."""
+    missing = [v for v in order if not any(_has_weights(r) for r in runs if r.variant == v)]
+    if not missing:
+        return []
+    return [f"Weight histograms: no checkpoint for {', '.join(missing)} (committed study runs keep "
+            "only their small files; `compare` re-creates a checkpoint only by training the run "
+            "again), so the histograms leave them out.", ""]
+
+
 def weight_figure(runs: Sequence[Run], order: Sequence[str], layer: str | None, path: Path) -> list[str]:
     """Histograms of effective and raw weights per variant (one seed each); Markdown rows."""
     import numpy as np
@@ -242,7 +257,7 @@ def weight_figure(runs: Sequence[Run], order: Sequence[str], layer: str | None, 
     first = {}  # one run per variant; the lowest seed, so variants show the same seed
     rank = {v: i for i, v in enumerate(order)}
     for r in sorted(runs, key=lambda r: (rank.get(r.variant, len(rank)), r.seed)):
-        if any(r.path.glob("checkpoint*.pt")):  # the weights live in the checkpoint
+        if _has_weights(r):
             first.setdefault(r.variant, r)
     if not first:
         return []

@@ -86,7 +86,8 @@ def apply_label_noise(ds: Dataset, rate: float, kind: str) -> Dataset:
     """The data set with noisy training and validation labels (test labels untouched).
 
     ``source`` gains a note with the number of changed labels, so a run's config.json says
-    what it trained on. A rate of 0 returns `ds` itself.
+    what it trained on; ``train_y_clean`` keeps the true training labels, so a run can measure
+    how many wrong ones it memorizes (mechanism.py). A rate of 0 returns `ds` itself.
     """
     check(rate, kind, ds.num_classes)
     if rate == 0:
@@ -95,4 +96,5 @@ def apply_label_noise(ds: Dataset, rate: float, kind: str) -> Dataset:
     val_y, val_idx = noisy_labels(ds.val_y, rate, kind, ds.num_classes, stream="val")
     note = (f"; label noise {rate:g} {kind}: {len(train_idx)} of {len(train_y)} training and "
             f"{len(val_idx)} of {len(val_y)} validation labels changed, test labels clean")
-    return dataclasses.replace(ds, train_y=train_y, val_y=val_y, source=ds.source + note)
+    return dataclasses.replace(ds, train_y=train_y, val_y=val_y, source=ds.source + note,
+                               train_y_clean=ds.train_y)

@@ -21,7 +21,7 @@ from typing import Any
 
 from weight_compander.defaults import NEAR_ZERO  # |w| < NEAR_ZERO * s is "near zero"
 
-from . import atomic, figures, robustness_report, runlock
+from . import atomic, figures, mechanism, robustness_report, runlock
 from .membership import FIX_COMPARE_JSON, ComparisonInfo, config_label, load_comparison_info
 from .runfiles import (
     FIX_CONFIG,
@@ -34,6 +34,7 @@ from .runfiles import (
 )
 
 CONFIDENCE = 0.95  # of the paired-difference intervals
+MIN_SEEDS = 5  # fewer seeds than this for any variant: the table is partial, not a verdict
 FIX_METRICS = ("delete {run}/final.json and resume the run (`compare` again, or `train --resume`): "
                "it rewrites metrics.jsonl from the checkpoint")
 
@@ -304,8 +305,30 @@ def markdown_tables(runs: Sequence[Run], baseline: str | None = None) -> str:
             out += _table(order, summary, base if base in names else None)
             if base is not None and base not in names:
                 out.append(f"\nBaseline `{base}` has no finished run, so there is no Δ column.")
+            out += partial_note(summary, order, _planned_seeds(root))
             out.append("")
     return "\n".join(out)
+
+
+def partial_note(summary: dict[str, Any], order: Sequence[str], planned: list[int] | None) -> list[str]:
+    """A line saying the table is partial when a variant has fewer than `MIN_SEEDS` seeds or
+    fewer than the comparison plans; [] when every variant is complete."""
+    n = {v: summary["variants"][v]["n"] for v in order}
+    want = max(MIN_SEEDS, len(planned or []))
+    short = [f"{v} {n[v]}" for v in order if n[v] < want]
+    if not short:
+        return []
+    plan = f" (of {len(planned)} planned)" if planned else ""
+    few = min(n.values()) < MIN_SEEDS
+    why = f": under {MIN_SEEDS} seeds this is a progress report, not a verdict" if few else ""
+    return [f"\n**Partial**: finished seeds per variant{plan}: {', '.join(short)}{why}."]
+
+
+def _planned_seeds(root: Path) -> list[int] | None:
+    if (root / "compare.json").exists():
+        seeds = _read_json(root / "compare.json").get("seeds")
+        return seeds if isinstance(seeds, list) else None
+    return None
 
 
 def _root_name(root: Path) -> str:
@@ -383,6 +406,7 @@ def _write_report(runs_dir: Path, scan: RunScan, baseline: str | None, layer: st
             "",
         ]
         rows = figures.weight_figure(rruns, order, layer, figdir / f"{prefix}weights.png")
+        lines += figures.no_weights_note(rruns, order)
         if rows:
             lines += [
                 f"![weight histograms](figures/{prefix}weights.png)",
@@ -398,6 +422,7 @@ def _write_report(runs_dir: Path, scan: RunScan, baseline: str | None, layer: st
             rows = figures.hyper_figure(series, figdir / f"{prefix}wc-hyper.png")
             lines += [f"![learned WC hyperparameters](figures/{prefix}wc-hyper.png)", "", *rows, ""]
         lines += robustness_report.section(rruns, order, base, figdir, prefix)
+        lines += mechanism.section(rruns, order, figdir, prefix)
     lines += other_folders(scan, runs_dir)
     path = runs_dir / "report.md"
     atomic.write_text(path, "\n".join(lines))

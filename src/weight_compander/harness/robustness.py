@@ -83,7 +83,7 @@ class Suite:
     bits: tuple[int, ...] = (8, 4, 3, 2)
     weight_noise: tuple[float, ...] = (0.1, 0.25, 0.5)  # σ as a fraction of each tensor's std
     dense_ends: bool = False  # pruning keeps the first and last Linear/Conv layer dense
-    images: int | None = 2000  # test images per condition (a fixed subset); None: all
+    images: int | str | None = 2000  # test images per condition (a fixed subset); None or "all": all
     weights: str = "final"  # final | best_val
 
     def __post_init__(self) -> None:
@@ -109,9 +109,12 @@ class Suite:
         for s in self.weight_noise:
             if isinstance(s, bool) or not isinstance(s, int | float) or not s > 0:
                 raise RobustnessError(f"weight_noise: {s!r} is not a fraction > 0 of a tensor's std")
+        if self.images == "all":  # TOML has no None: a comparison file says images = "all"
+            object.__setattr__(self, "images", None)
         if self.images is not None and (isinstance(self.images, bool) or not isinstance(self.images, int)
                                         or self.images < 1):
-            raise RobustnessError(f"images: must be an integer >= 1 or None (all), got {self.images!r}")
+            raise RobustnessError(f"images: must be an integer >= 1 or \"all\" (the whole test set), "
+                                  f"got {self.images!r}")
         if self.weights not in WEIGHTS:
             raise RobustnessError(f"weights: {self.weights!r} is not one of {', '.join(WEIGHTS)}")
 
@@ -276,7 +279,8 @@ def evaluate_runs(
     """Evaluate every run that has no current entry; write each run's robustness.json.
 
     `threads`: torch threads meanwhile (None: leave torch's setting). Returns counts:
-    evaluated, skipped (already current).
+    evaluated, skipped (already current), no_checkpoint (not current, and nothing to evaluate:
+    a run folder that kept only its small files; named in a log line).
     """
     before = torch.get_num_threads()
     if threads is not None:
@@ -295,8 +299,17 @@ def _evaluate_runs(
     if not runs:
         raise RobustnessError("no finished runs to evaluate")
     todo = [r for r in runs if force or not is_current(r.path, suite)]
+    blind = [r for r in todo if not any((r.path / name).exists()  # e.g. a study's committed runs
+                                        for name in (checkpoint.CHECKPOINT, checkpoint.PREVIOUS))]
+    todo = [r for r in todo if r not in blind]
     log(f"robustness ({suite.weights} weights, suite v{SUITE_VERSION} {suite.fingerprint()}): "
-        f"{len(runs)} finished runs, {len(runs) - len(todo)} already evaluated, {len(todo)} to evaluate")
+        f"{len(runs)} finished runs, {len(runs) - len(todo) - len(blind)} already evaluated, "
+        f"{len(todo)} to evaluate")
+    if blind:
+        log(f"robustness: {len(blind)} run(s) have no checkpoint, so they cannot be evaluated with "
+            f"this suite: {', '.join(f'{r.variant}/seed{r.seed}' for r in blind)} (a study's committed "
+            "runs keep no checkpoint: evaluate where they were trained, or delete a run's final.json "
+            "to train it again)")
     cache: dict = {}
     for i, run in enumerate(todo, 1):
         bar = _bar(out, f"[{i}/{len(todo)}] {run.variant} seed {run.seed}", run, suite)
@@ -308,7 +321,8 @@ def _evaluate_runs(
         families = "  ".join(f"{f} {100 * a:.1f}" for f, a in entry["summary"].items())
         log(f"[{i}/{len(todo)}] {run.variant} seed {run.seed}: clean {100 * entry['clean']['acc']:.1f}  "
             f"{families}  (% of {entry['images']} test images, {entry['seconds']:.0f} s)")
-    return {"evaluated": len(todo), "skipped": len(runs) - len(todo)}
+    return {"evaluated": len(todo), "skipped": len(runs) - len(todo) - len(blind),
+            "no_checkpoint": len(blind)}
 
 
 def _bar(out: Progress, desc: str, run: Run, suite: Suite) -> Any:

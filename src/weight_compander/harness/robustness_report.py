@@ -88,12 +88,13 @@ def summary_table(runs: Sequence[Run], weights: str, order: Sequence[str] | None
         return f"(no robustness results for the {WEIGHT_NAMES[weights]})"
     values = _values(found)
     families = [k[1] for k in values if k[0] == "summary"]
-    lines = ["| variant | " + " | ".join(f"{TITLES[f]}, acc %" for f in families) + " |",
-             "|---|" + "---:|" * len(families)]
+    lines = ["| variant | n | " + " | ".join(f"{TITLES[f]}, acc %" for f in families) + " |",
+             "|---|---:|" + "---:|" * len(families)]
     for v in order:
-        if any(r.variant == v for r, _ in found):
+        n = sum(r.variant == v for r, _ in found)
+        if n:
             cells = [_cell(values[("summary", f)], v, base) for f in families]
-            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+            lines.append(f"| {v} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

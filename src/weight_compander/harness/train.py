@@ -40,7 +40,9 @@ from weight_compander.harness import (
     checkpoint,
     data,
     distributed,
+    kure,
     label_noise,
+    mechanism,
     models,
     peers,
     runfiles,
@@ -248,7 +250,8 @@ def _run(
                     loss = lam * loss + (1 - lam) * F.cross_entropy(
                         logits, distributed.shard(y_mix), label_smoothing=cfg.label_smoothing
                     )
-                objective = loss + _decay_penalty(cfg, model)
+                # logged: the data loss; trained: with the penalties on the weights
+                objective = loss + _decay_penalty(cfg, model) + _kure_penalty(cfg, model)
             opt.zero_grad(set_to_none=True)
             objective.backward()
             opt.step()
@@ -291,6 +294,7 @@ def _run(
             "epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
             "wc": _wc_hyper(model) if cfg.reparam == "wc" else {},
+            **mechanism.epoch_metrics(model, ds, cfg.eval_batch_size),  # kurtosis, memorization
             "time": time.perf_counter() - t0,
         }
         history.append(record)
@@ -467,6 +471,11 @@ def _decay_penalty(cfg: TrainConfig, model: nn.Module) -> Tensor | float:
     if cfg.decay_on != "effective" or cfg.weight_decay == 0:
         return 0.0
     return wc.effective_weight_decay(model, cfg.weight_decay)
+
+
+def _kure_penalty(cfg: TrainConfig, model: nn.Module) -> Tensor | float:
+    """The KURE peer (kure.py): kure * mean over layers of (kurtosis(w) - 1.8)^2."""
+    return cfg.kure * kure.penalty(model) if cfg.kure else 0.0
 
 
 def _optimizer(cfg: TrainConfig, groups: list[dict], steps: int, model: nn.Module) -> tuple[Any, Any]:
