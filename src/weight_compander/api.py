@@ -129,10 +129,12 @@ def apply(
         Parameter in several modules) is companded once, under its first name, and all holders
         keep computing with the same ``f(v)``. Values beyond a bound are reported in one
         ``CompanderWarning`` for all tensors; so is a default selection that compands less
-        than half of the weight-matrix parameters (a layer type missing from the registry).
+        than half of the weight-matrix parameters, or leaves a tenth of them out in modules
+        of no registered layer type (a layer type missing from the registry).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply needs an nn.Module; got {type(model).__name__}.")
+    integrations.prepare(model)  # e.g. transformers' fused mixture-of-experts layers
     plans: list[_Plan] = []
     seen: set[int] = set()
     for target in select_targets(model, include, exclude):
@@ -161,7 +163,7 @@ def apply(
         warnings.warn(overflow_message(overflows, len(plans)), CompanderWarning, stacklevel=2)
     names = Applied(plan.target.name for plan in plans)
     names.coverage = coverage(model)
-    if include is None and names.coverage.share < defaults.COVERAGE_WARNING:
+    if include is None and names.coverage.suspicious:
         warnings.warn(
             f"{names.coverage}. Add what should be companded with include=[...], or register "
             "a layer type once with wc.register_layer(LayerType, 'weight', output_axis=...).",

@@ -12,7 +12,15 @@ import sys
 
 from torch import nn
 
-__all__ = ["attach", "detach"]
+__all__ = ["attach", "detach", "prepare"]
+
+
+def prepare(model: nn.Module) -> None:
+    """Before ``apply`` selects tensors: register the framework's layer types found in ``model``."""
+    if "transformers" in sys.modules:
+        from . import transformers
+
+        transformers.prepare(model)
 
 
 def attach(model: nn.Module) -> None:
