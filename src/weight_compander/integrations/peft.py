@@ -23,15 +23,17 @@ from torch import nn
 try:
     from peft.tuners.tuners_utils import BaseTunerLayer
 except ImportError as err:
-    raise ImportError("weight_compander.integrations.peft needs peft: pip install 'weight-compander[integrations]'") from err
+    raise ImportError(
+        "weight_compander.integrations.peft needs peft: pip install 'weight-compander[integrations]'"
+    ) from err
 
 from ..api import remove
 from ..selection import companded_entries
 
 __all__ = ["ADAPTERS", "install"]
 
-ADAPTERS = ("*.lora_A.*", "*.lora_B.*", "*.lora_embedding_A.*", "*.lora_embedding_B.*")
-"""``wc.apply(peft_model, include=wc_peft.ADAPTERS)``: the LoRA adapters' tensors only."""
+ADAPTERS = "*.lora_[AB].*.weight"
+"""``wc.apply(peft_model, include=wc_peft.ADAPTERS)``: the weights of the LoRA adapters only."""
 
 _MARK = "_weight_compander_bakes_base"
 
@@ -65,7 +67,8 @@ def bake_base_layer(layer: BaseTunerLayer) -> None:
         return
     if any(e.shared for e in entries):
         raise ValueError(
-            f"the base layer of {type(layer).__name__} shares a companded tensor with another layer (tied "
-            "weights), which merging would untie; bake first: wc.remove(model), then merge. Nothing was changed."
+            f"the base layer of {type(layer).__name__} shares a companded tensor with another layer "
+            "(tied weights), which merging would untie; bake first: wc.remove(model), then merge. "
+            "Nothing was changed."
         )
     remove(base)
