@@ -109,15 +109,16 @@ def test_companding_the_base_model_under_lora_keeps_its_hyperparameters_frozen()
 
 
 def test_companded_adapters_round_trip_through_the_adapter_file(tmp_path):
+    """The recipe of docs/deploy.md: lora_A by its std, lora_B (zero at LoRA's init) by a given scale."""
     model = lora(llama())
-    names = apply(model, include=wc_peft.ADAPTERS)
-    assert names and all(".lora_A." in n or ".lora_B." in n for n in names)  # adapters only
+    names = apply(model, include=wc_peft.LORA_A) + apply(model, include=wc_peft.LORA_B, scale=0.01)
+    assert len(names) == 8 and all(".lora_A." in n or ".lora_B." in n for n in names)  # adapters only
     train_step(model, steps=2)
     want = logits(model)
     model.save_pretrained(tmp_path)
 
     resumed = lora(llama())  # to train on: the same companding, then the adapter's raw state
-    apply(resumed, include=wc_peft.ADAPTERS)
+    apply(resumed, include=wc_peft.LORA_A) + apply(resumed, include=wc_peft.LORA_B, scale=0.01)
     set_peft_model_state_dict(resumed, load_file(tmp_path / "adapter_model.safetensors"))
     assert torch.equal(logits(resumed), want)
     pairs = zip(wc.hyperparameters(resumed), wc.hyperparameters(model), strict=True)

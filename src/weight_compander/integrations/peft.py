@@ -30,10 +30,13 @@ except ImportError as err:
 from ..api import remove
 from ..selection import companded_entries
 
-__all__ = ["ADAPTERS", "install"]
+__all__ = ["LORA_A", "LORA_B", "bake_base_layer", "install"]
 
-ADAPTERS = "*.lora_[AB].*.weight"
-"""``wc.apply(peft_model, include=wc_peft.ADAPTERS)``: the weights of the LoRA adapters only."""
+LORA_A = "*.lora_A.*.weight"
+"""``wc.apply(peft_model, include=wc_peft.LORA_A)``: the down-projections of the LoRA adapters."""
+LORA_B = "*.lora_B.*.weight"
+"""``wc.apply(peft_model, include=wc_peft.LORA_B, scale=...)``: the up-projections. LoRA starts
+them at zero, so their scale cannot be taken from them: pass one (a number)."""
 
 _MARK = "_weight_compander_bakes_base"
 
