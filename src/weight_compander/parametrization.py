@@ -59,11 +59,21 @@ class Compander(nn.Module):
 
     def forward(self, v: Tensor) -> Tensor:
         spec, hyper = get_kind(self.kind), self.hyperparameter_values()
-        if spec.fused is not None and not _rows_or_scalar(v, hyper):
+        if spec.fused is not None and (not _rows_or_scalar(v, hyper) or _recording()):
             # A fused backward reduces per-channel gradients over dim 0 only; channels along
-            # another axis (ConvTranspose, transformers' Conv1D) take the autograd path.
+            # another axis (ConvTranspose, transformers' Conv1D) take the autograd path. So do
+            # tracers and exporters: they record its torch operations (an autograd.Function
+            # would be a Python call that torch.jit.save and ONNX cannot store).
             return self.scale * spec.forward(v / self.scale, **hyper)
         return spec.compand(v, self.scale, hyper)
+
+    def __prepare_scriptable__(self) -> Compander:
+        # torch.jit.script calls this on every submodule before compiling; parametrized modules
+        # cannot be scripted, and its own error would point into this file.
+        raise RuntimeError(
+            "torch.jit.script cannot compile a companded model; bake first: wc.remove(model) "
+            "(same outputs, a plain model), or use torch.jit.trace."
+        )
 
     @torch.no_grad()
     def right_inverse(self, w: Tensor) -> Tensor:
@@ -81,6 +91,12 @@ class Compander(nn.Module):
         if self.learnable:
             parts.append(f"learnable=({', '.join(self.learnable)})")
         return ", ".join(parts)
+
+
+def _recording() -> bool:
+    """A tracer or exporter is recording the forward (torch.jit.trace, ONNX, torch.export)."""
+    exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.6
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(exporting and exporting())
 
 
 def _rows_or_scalar(v: Tensor, hyper: Mapping[str, Tensor]) -> bool:
