@@ -7,6 +7,7 @@ registering it leaves the tensor's value (and the network's outputs) unchanged.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Collection, Mapping
 
 import torch
@@ -96,7 +97,17 @@ class Compander(nn.Module):
 def _recording() -> bool:
     """A tracer or exporter is recording the forward (torch.jit.trace, ONNX, torch.export)."""
     exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.6
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or bool(exporting and exporting())
+    if torch.onnx.is_in_onnx_export():
+        _onnx_symbolics()
+        return True
+    return torch.jit.is_tracing() or bool(exporting and exporting())
+
+
+@functools.cache
+def _onnx_symbolics() -> None:
+    """ONNX has an Asinh operator, but torch's TorchScript exporter maps no aten::asinh to it;
+    the ``asinh`` kind would fail to export there. Registered on first export, once."""
+    torch.onnx.register_custom_op_symbolic("aten::asinh", lambda g, x: g.op("Asinh", x), 9)
 
 
 def _rows_or_scalar(v: Tensor, hyper: Mapping[str, Tensor]) -> bool:
