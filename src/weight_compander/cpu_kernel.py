@@ -193,7 +193,8 @@ def _private_folder(folder: Path) -> Path:
 
     Why: ``ctypes.CDLL`` runs the library's code in this process. The folder must be this user's
     and writable by no one else, and every folder above it writable only by this user or root (or
-    sticky, like /tmp: then no one else can rename or replace what this user owns in it).
+    sticky, like /tmp: then no one else can rename or replace what this user owns in it). The
+    mode bits are checked; access control lists are not read.
     """
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     real = folder.resolve()  # check (and later load from) the folders really used, not symlinks
@@ -278,8 +279,8 @@ def _warn_refused(refused: list[str], instead: str) -> None:
     if refused:
         warnings.warn(
             f"weight_compander did not use its kernel cache: {'; '.join(refused)}; others could put a "
-            f"library there that this process would run. {instead}. Fix: `chmod go-w` the folder, or "
-            "set WEIGHT_COMPANDER_CACHE to a folder only you can write.",
+            f"library there that this process would run. {instead}. Fix: set WEIGHT_COMPANDER_CACHE to "
+            "a folder of yours that only you can write (`chmod 700`), in folders only you or root can write.",
             CompanderWarning,
             stacklevel=4,
         )
