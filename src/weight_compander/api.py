@@ -370,6 +370,8 @@ def _scale(w: Tensor, scale: str | float, where: str, axis: int) -> Tensor:
 def _register(plan: _Plan) -> None:
     module, name = plan.target.module, plan.target.tensor_name
     plan.compander.parameter_order = tuple(module._parameters)  # restored by remove
+    # a tied tensor's first holder: baking it alone (e.g. a PEFT merge) would untie the others
+    plan.compander.has_tied_holders = bool(plan.tied)
     stacked = parametrize.is_parametrized(module, name)
     before = _tensor(plan.target).detach().clone() if stacked else None
     parametrize.register_parametrization(module, name, plan.compander)
