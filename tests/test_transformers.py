@@ -19,6 +19,8 @@ transformers = pytest.importorskip(
 from transformers import (  # noqa: E402
     GPT2Config,
     GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     Trainer,
@@ -44,7 +46,13 @@ def llama() -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-BUILD = {"gpt2": gpt2, "llama": llama}
+def gpt_neox() -> GPTNeoXForCausalLM:  # transformers 5 saves its lm_head as "embed_out"
+    config = GPTNeoXConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                           vocab_size=VOCAB)  # fmt: skip
+    return GPTNeoXForCausalLM(config)
+
+
+BUILD = {"gpt2": gpt2, "llama": llama, "gpt_neox": gpt_neox}
 
 
 def companded(name: str, seed: int = 0, **kwargs):
@@ -116,7 +124,7 @@ def test_from_pretrained_resumes_raw_weights_scales_and_hyperparameters(name, tm
         wc_hf.from_pretrained(type(model), tmp_path, learnable=True, per_channel=False)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "gpt_neox"])
 def test_trainer_resume_from_checkpoint_ends_equal_to_an_uninterrupted_run(name, tmp_path):
     g = torch.Generator().manual_seed(1)
     tokens = [torch.randint(0, VOCAB, (16,), generator=g) for _ in range(16)]

@@ -60,7 +60,8 @@ def compand(
         name: the tensor's attribute name. Default: ``"weight"``.
         kind: a registered kind (``wc.kinds()``): ``"tanh"``, ``"mulaw"``, ``"identity"``.
         learnable: ``True`` to learn all hyperparameters, ``False`` to fix them, or the names of
-            those to learn (e.g. ``("limit",)``).
+            those to learn (e.g. ``("limit",)``). A frozen tensor (``requires_grad=False``, such as
+            a base weight under PEFT's LoRA) gets them with ``requires_grad=False`` as well.
         scale: ``s``: ``"std"`` (the tensor's std now), ``"channel"`` (std per output channel)
             or a positive number. Hyperparameters are in units of ``s``.
         per_channel: one set of hyperparameters per output channel instead of one. Output
@@ -135,10 +136,12 @@ def apply(
         Parameter in several modules) is companded once, under its first name, and all holders
         keep computing with the same ``f(v)``. Values beyond a bound are reported in one
         ``CompanderWarning`` for all tensors; so is a default selection that compands less
-        than half of the weight-matrix parameters (a layer type missing from the registry).
+        than half of the weight-matrix parameters, or leaves a tenth of them out in modules
+        of no registered layer type (a layer type missing from the registry).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply needs an nn.Module; got {type(model).__name__}.")
+    integrations.prepare(model)  # e.g. transformers' fused mixture-of-experts layers
     plans: list[_Plan] = []
     seen: set[int] = set()
     for target in select_targets(model, include, exclude):
@@ -169,7 +172,7 @@ def apply(
         warnings.warn(overflow_message(overflows, len(plans)), CompanderWarning, stacklevel=2)
     names = Applied(plan.target.name for plan in plans)
     names.coverage = coverage(model)
-    if include is None and names.coverage.share < defaults.COVERAGE_WARNING:
+    if include is None and names.coverage.suspicious:
         warnings.warn(
             f"{names.coverage}. Add what should be companded with include=[...], or register "
             "a layer type once with wc.register_layer(LayerType, 'weight', output_axis=...).",
@@ -224,12 +227,21 @@ def _stored(target: Target) -> object:
     return _tensor(target)
 
 
+def _frozen(target: Target) -> bool:
+    """The tensor does not train (``requires_grad=False``), e.g. a base weight under PEFT's LoRA."""
+    stored = _stored(target)
+    if isinstance(stored, Tensor):
+        return not stored.requires_grad
+    return not any(p.requires_grad for n, p in stored.named_parameters() if n.startswith("original"))
+
+
 def _plan(target, tied, kind, learnable, scale, per_channel, overflow, hyper) -> _Plan:
     where = f"{target.name!r} ({type(target.module).__name__})"
     if parametrize.is_parametrized(target.module, target.tensor_name) and any(
         isinstance(p, Compander | SharedCompander) for p in target.module.parametrizations[target.tensor_name]
     ):
         raise ValueError(f"{where} is already companded; call wc.remove(model) first to re-compand it.")
+    frozen = _frozen(target)
     with torch.no_grad():
         w = _tensor(target).detach()
     if not w.is_floating_point():
@@ -260,6 +272,8 @@ def _plan(target, tied, kind, learnable, scale, per_channel, overflow, hyper) ->
         n: torch.as_tensor(v, dtype=w.dtype, device=w.device).expand(shape).clone() for n, v in values.items()
     }
     compander = Compander(spec.name, s, tensors, learned)
+    if frozen:  # a frozen weight keeps frozen hyperparameters: training must not change it
+        compander.requires_grad_(False)
     return _Plan(target, compander, tied or [], note)
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .defaults import COVERAGE_WARNING, UNREGISTERED_WARNING
+from .layer_types import layer_spec
 from .parametrization import Compander, SharedCompander
 from .selection import _join, _modules
 
@@ -28,6 +30,13 @@ class Coverage:
     companded: int
     total: int
     left_out: tuple[tuple[str, tuple[int, ...], str], ...]
+    unregistered: int = 0  # left-out parameters in modules of no registered layer type
+
+    @property
+    def suspicious(self) -> bool:
+        """Less than half companded, or a tenth or more in layers the registry does not know
+        (a layer type missing from it, such as XLNet's 3-D attention weights)."""
+        return self.share < COVERAGE_WARNING or self.unregistered >= UNREGISTERED_WARNING * self.total
 
     @property
     def share(self) -> float:
@@ -64,8 +73,11 @@ def coverage(model: nn.Module, top: int = 5) -> Coverage:
         out: transformer.wpe.weight 1024x768 (Embedding)
     """
     seen: dict[int, tuple[str, tuple[int, ...], str, bool]] = {}
+    unknown: set[int] = set()  # ids of tensors held by modules of no registered layer type
     for module_name, module in _modules(model):
         kind = parametrize.type_before_parametrizations(module).__name__
+        if layer_spec(module) is None:
+            unknown.update(id(p) for p in module._parameters.values() if p is not None)
         for name, p in module._parameters.items():
             if p is not None and p.dim() >= 2 and id(p) not in seen:
                 seen[id(p)] = (_join(module_name, name), tuple(p.shape), kind, False)
@@ -78,4 +90,5 @@ def coverage(model: nn.Module, top: int = 5) -> Coverage:
     total = sum(math.prod(s) for _, s, _, _ in seen.values())
     done = sum(math.prod(s) for _, s, _, c in seen.values() if c)
     rest = sorted((e for e in seen.values() if not e[3]), key=lambda e: -math.prod(e[1]))
-    return Coverage(done, total, tuple((n, s, k) for n, s, k, _ in rest[:top]))
+    strange = sum(math.prod(s) for key, (_, s, _, c) in seen.items() if not c and key in unknown)
+    return Coverage(done, total, tuple((n, s, k) for n, s, k, _ in rest[:top]), strange)

@@ -36,3 +36,7 @@ OVERFLOW_MARGIN = 0.02
 # ``apply`` without ``include`` warns when it compands less than this share of the model's
 # weight-matrix parameters: a layer type is probably missing from the registry (``layer_types.py``).
 COVERAGE_WARNING = 0.5
+# ... and when the weight-matrix parameters it leaves out in modules of no registered layer type
+# (3-D ones included: XLNet's attention, mixture-of-experts layers of unknown classes) make up
+# this share or more: cls tokens and position tables stay well below it.
+UNREGISTERED_WARNING = 0.1

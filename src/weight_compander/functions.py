@@ -176,10 +176,10 @@ def _tanh_inverse(y: Tensor, gain: Tensor, limit: Tensor) -> Tensor:
 
 
 def _mulaw(x: Tensor, mu: Tensor, crossover: Tensor) -> Tensor:
-    # copysign rather than sign(x) * ...: f(-0) = -0, so the function is odd to the last bit.
-    # At exactly 0 the line through it (x * slope, +-0 kept) takes over: abs has autograd slope 0
-    # there, which would freeze a weight that is exactly 0.
-    curve = crossover * torch.log1p(mu * x.abs() / crossover).copysign(x) / torch.log1p(mu)
+    # sign(x) * (even in x) is exactly odd for x != 0; at x = +-0 the line through it (x * slope)
+    # takes over, so f(-0) = -0 and autograd's slope there is the true one (abs has slope 0 at 0,
+    # which would freeze a weight that is exactly 0). No copysign: ONNX has no such operator.
+    curve = crossover * torch.log1p(mu * x.abs() / crossover) * torch.sign(x) / torch.log1p(mu)
     return torch.where(x == 0, x * (mu / torch.log1p(mu)), curve)
 
 
@@ -225,12 +225,13 @@ def _linear_inverse(y: Tensor, slope: Tensor) -> Tensor:
 
 
 def _powerprop(x: Tensor, alpha: Tensor) -> Tensor:
-    # v * |v|^(alpha - 1), without 0 * inf at v = 0; its slope there is 0 (alpha > 1), as autograd's
-    return x.abs().pow(alpha).copysign(x)
+    # v * |v|^(alpha - 1) as sign(v) * |v|^alpha (no 0 * inf at v = 0); +-0 stay +-0 with slope 0
+    # there, the true one for alpha > 1. No copysign: ONNX has no such operator.
+    return torch.where(x == 0, x * 0, x.abs().pow(alpha) * torch.sign(x))
 
 
 def _powerprop_inverse(y: Tensor, alpha: Tensor) -> Tensor:
-    return y.abs().pow(1.0 / alpha).copysign(y)
+    return y.abs().pow(1.0 / alpha).copysign(y)  # only used eagerly (right_inverse), never exported
 
 
 def _identity(x: Tensor) -> Tensor:

@@ -132,6 +132,13 @@ def _kernel_for(v: Tensor, *hyper: Tensor):
         return None
     if _compiling():  # let torch.compile trace (and fuse) the torch path instead
         return None
+    # Tracers and exporters record torch operations; the kernel writes its output outside
+    # torch's view, so they would record an empty tensor (zero weights in an ONNX file).
+    # Tensor subclasses (fake tensors, DTensor, ...) have no plain memory for the kernel either.
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return None
+    if type(v) not in (Tensor, torch.nn.Parameter):
+        return None
     return cpu_kernel.load()
 
 

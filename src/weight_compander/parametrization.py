@@ -7,6 +7,7 @@ registering it leaves the tensor's value (and the network's outputs) unchanged.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Collection, Mapping
 
 import torch
@@ -59,11 +60,21 @@ class Compander(nn.Module):
 
     def forward(self, v: Tensor) -> Tensor:
         spec, hyper = get_kind(self.kind), self.hyperparameter_values()
-        if spec.fused is not None and not _rows_or_scalar(v, hyper):
+        if spec.fused is not None and (not _rows_or_scalar(v, hyper) or _recording()):
             # A fused backward reduces per-channel gradients over dim 0 only; channels along
-            # another axis (ConvTranspose, transformers' Conv1D) take the autograd path.
+            # another axis (ConvTranspose, transformers' Conv1D) take the autograd path. So do
+            # tracers and exporters: they record its torch operations (an autograd.Function
+            # would be a Python call that torch.jit.save and ONNX cannot store).
             return self.scale * spec.forward(v / self.scale, **hyper)
         return spec.compand(v, self.scale, hyper)
+
+    def __prepare_scriptable__(self) -> Compander:
+        # torch.jit.script calls this on every submodule before compiling; parametrized modules
+        # cannot be scripted, and its own error would point into this file.
+        raise RuntimeError(
+            "torch.jit.script cannot compile a companded model; bake first: wc.remove(model) "
+            "(same outputs, a plain model), or use torch.jit.trace."
+        )
 
     @torch.no_grad()
     def right_inverse(self, w: Tensor) -> Tensor:
@@ -81,6 +92,22 @@ class Compander(nn.Module):
         if self.learnable:
             parts.append(f"learnable=({', '.join(self.learnable)})")
         return ", ".join(parts)
+
+
+def _recording() -> bool:
+    """A tracer or exporter is recording the forward (torch.jit.trace, ONNX, torch.export)."""
+    exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.6
+    if torch.onnx.is_in_onnx_export():
+        _onnx_symbolics()
+        return True
+    return torch.jit.is_tracing() or bool(exporting and exporting())
+
+
+@functools.cache
+def _onnx_symbolics() -> None:
+    """ONNX has an Asinh operator, but torch's TorchScript exporter maps no aten::asinh to it;
+    the ``asinh`` kind would fail to export there. Registered on first export, once."""
+    torch.onnx.register_custom_op_symbolic("aten::asinh", lambda g, x: g.op("Asinh", x), 9)
 
 
 def _rows_or_scalar(v: Tensor, hyper: Mapping[str, Tensor]) -> bool:

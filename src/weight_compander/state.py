@@ -165,8 +165,13 @@ def _load_hook(module, state_dict, prefix, local_metadata, strict, missing, unex
     """Turn layout 2 (or plain keys) into torch's native keys before the module loads them."""
     for name, plist, index, native in _companded(module, prefix):
         if isinstance(plist[index], SharedCompander):
-            state_dict.pop(prefix + name, None)
+            plain = state_dict.pop(prefix + name, None)
             if not any(k.startswith(native) for k in state_dict):
+                if plain is None:
+                    # A saver that keeps one name per tied tensor (safetensors' save_model) dropped
+                    # this one: report it missing, as the model without WC does, so that such a
+                    # loader (load_model) sees the load complete.
+                    missing.append(prefix + name)
                 # The first holder loads the one tensor and compander they share; these are the
                 # very same objects, so copying them onto themselves changes nothing.
                 state_dict.update({native + k: v for k, v in plist.state_dict(keep_vars=True).items()})
@@ -174,6 +179,8 @@ def _load_hook(module, state_dict, prefix, local_metadata, strict, missing, unex
         ours = f"{prefix}{name}{SUFFIX}."
         if ours + "layout" in state_dict:
             _check_layout(state_dict.pop(ours + "layout"), ours + "layout")
+            if prefix + name not in state_dict and len(plist) == 1:
+                missing.append(prefix + name)  # the same for the first holder (raw state is complete)
             for key in [k for k in state_dict if k == prefix + name or k.startswith(native)]:
                 del state_dict[key]  # the plain view; the raw state below is exact
             for key in [k for k in state_dict if k.startswith(ours)]:

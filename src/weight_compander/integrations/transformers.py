@@ -16,6 +16,7 @@ and, through ``attach`` (called by ``wc.apply``; ``hf_embeddings.py``), ``tie_we
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,12 +37,40 @@ except ImportError as err:  # the core library needs only torch
 from .. import api, state
 from ..exceptions import CompanderWarning
 from ..optim import param_groups
-from .hf_embeddings import attach, detach
+from . import hf_checkpoints, hf_embeddings
+from .hf_checkpoints import model_keys, register_experts
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
 
-__all__ = ["attach", "detach", "from_pretrained", "load_checkpoint", "optimizers"]
+__all__ = [
+    "attach",
+    "detach",
+    "from_pretrained",
+    "load_checkpoint",
+    "model_keys",
+    "optimizers",
+    "prepare",
+    "register_experts",
+]
+
+
+def prepare(model: nn.Module) -> None:
+    """Called by ``wc.apply`` before it selects tensors: registers fused mixture-of-experts layers."""
+    register_experts(model)
+
+
+def attach(model: nn.Module) -> None:
+    """Called by ``wc.apply``: companding-aware ``tie_weights`` / ``resize_token_embeddings``, and
+    a load hook that maps transformers' legacy checkpoint keys."""
+    hf_embeddings.attach(model)
+    hf_checkpoints.attach(model)
+
+
+def detach(model: nn.Module) -> None:
+    """Called by ``wc.remove``: undo ``attach``."""
+    hf_embeddings.detach(model)
+    hf_checkpoints.detach(model)
 
 
 def optimizers(
@@ -106,9 +135,12 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     merged: dict[str, Tensor] = {}
     for file in _weight_files(Path(path)):
         merged.update(_read(file))
+    if isinstance(model, PreTrainedModel):  # legacy key names, as from_pretrained maps them
+        merged = model_keys(model, merged)
     result = model.load_state_dict(merged, strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
-    missing = [k for k in result.missing_keys if k not in tied]
+    ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_missing", None) or ()]
+    missing = [k for k in result.missing_keys if k not in tied and not any(p.search(k) for p in ignored)]
     if missing or result.unexpected_keys:
         raise ValueError(
             f"{path} does not fit this model: missing {missing[:5]}, unexpected "
@@ -166,18 +198,19 @@ def from_pretrained(
         model = cls.from_pretrained(path, **(from_pretrained_kwargs or {}))
     if include is None:
         suffix = f"{state.SUFFIX}.layout"
-        keys = [k for f in _weight_files(path) for k in _keys(f)]
-        include = [k[: -len(suffix)] for k in keys if k.endswith(suffix)] or None
+        layouts = {k: v for f in _weight_files(path) for k, v in _tensors(f, suffix).items()}
+        include = [k[: -len(suffix)] for k in model_keys(model, layouts) if k.endswith(suffix)] or None
     with warnings.catch_warnings():  # limits raised on the way are replaced by the saved ones
         warnings.simplefilter("ignore", CompanderWarning)
         api.apply(model, include, exclude, **compand_settings)
     return load_checkpoint(model, path)
 
 
-def _keys(path: Path) -> list[str]:
+def _tensors(path: Path, suffix: str) -> dict[str, Tensor]:
+    """The tensors of one weight file whose keys end with ``suffix``."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(path, "pt") as f:
-            return list(f.keys())
-    return list(_read(path))
+            return {k: f.get_tensor(k) for k in f.keys() if k.endswith(suffix)}  # noqa: SIM118
+    return {k: v for k, v in _read(path).items() if k.endswith(suffix)}
