@@ -12,7 +12,9 @@ from torch.nn.utils import parametrize
 from .layer_types import layer_spec, tensor_names
 from .parametrization import Compander, SharedCompander
 
-__all__ = ["Entry", "Target", "companded_entries", "join_name", "select_targets", "tied_holders", "user_modules"]
+__all__ = [
+    "Entry", "Target", "companded_entries", "join_name", "select_targets", "tied_holders", "user_modules",
+]
 
 
 @dataclass(frozen=True)
