@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import tomllib
 from pathlib import Path
 
 import grimp
@@ -89,6 +90,26 @@ def test_the_library_does_not_import_the_harness():
     library = sorted(m for m in graph.modules if not m.startswith(HARNESS) and m != f"{PACKAGE}.__main__")
     bad = [m for m in library if any(u.startswith(HARNESS) for u in graph.find_upstream_modules(m))]
     assert library and not bad, f"library modules that import the harness: {bad}"
+
+
+def harness_layers() -> list[str]:
+    """The layer order of pyproject.toml's import-linter contract, top first."""
+    config = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())
+    contract = next(c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers")
+    assert contract["containers"] == [HARNESS]
+    return contract["layers"]
+
+
+def test_the_layer_contract_holds_and_a_back_edge_breaks_it():
+    """What `lint-imports` checks in `bash run.sh test`, and that it would catch a back-edge."""
+    graph = grimp.build_graph(PACKAGE)
+    layers = harness_layers()
+    on_disk = {p.stem if p.suffix else p.name for p in (SRC / "harness").iterdir()
+               if not p.name.startswith("__") and (p.suffix == ".py" or (p / "__init__.py").exists())}
+    assert on_disk == set(layers), "every harness folder/module is a layer of the contract"
+    assert not graph.find_illegal_dependencies_for_layers(layers, {HARNESS})
+    graph.add_import(importer=f"{HARNESS}.ingredients.data", imported=f"{HARNESS}.run.train")
+    assert graph.find_illegal_dependencies_for_layers(layers, {HARNESS})
 
 
 def test_a_training_run_is_a_short_orchestration():
