@@ -1,7 +1,7 @@
 """`weight-compander compare CONFIG.toml`: named variants × seeds → run folders and a summary.
 
-The comparison file's schema is config/comparison.py; the worker processes workers.py;
-summary.json summary.py.
+The comparison file's schema is config/comparison.py; scheduling the runs (one at a time or
+in worker processes) workers.py; summary.json summary.py.
 
 Every variant runs with every seed, so differences to the baseline are paired (same data
 order and init). A run is complete iff its `final.json` is valid (and its config.json is
@@ -19,10 +19,7 @@ workers stop and exit on their own (parentwatch.py).
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -32,11 +29,9 @@ from weight_compander.harness.compare.summary import previous_invocations, write
 from weight_compander.harness.config.comparison import Comparison
 from weight_compander.harness.config.settings import TrainConfig
 from weight_compander.harness.config.suite import Suite
-from weight_compander.harness.errors import CompareError, RunFileError, RunInterrupted
+from weight_compander.harness.errors import CompareError, RunFileError
 from weight_compander.harness.evaluate.robustness import evaluate_runs
 from weight_compander.harness.report.write import write_report
-from weight_compander.harness.run.loop import RESUME_HINT
-from weight_compander.harness.run.stopping import StopRequest
 from weight_compander.harness.store import atomic, membership, runfiles, runlock
 from weight_compander.harness.store.scan import find_runs, run_dir_of
 
@@ -118,8 +113,9 @@ def _run_comparison(
     failed: list[dict[str, Any]] = []
     count = {"done": 0, "trained": 0}
 
-    def finished(variant: str, seed: int, result: dict[str, Any]) -> bool:
+    def finished(key: tuple[str, int], result: dict[str, Any]) -> bool:
         """Log a run's outcome; False if another process is training it (wait for it later)."""
+        variant, seed = key
         if "busy" in result:
             log(f"{variant} seed {seed}: being trained by {result['busy']}; waiting for it "
                 "after the other runs")
@@ -137,51 +133,13 @@ def _run_comparison(
             failed.append({"variant": variant, "seed": seed, "error": result["error"]})
         return True
 
-    def job(variant: str, seed: int) -> tuple[TrainConfig, str]:
+    def job(key: tuple[str, int]) -> tuple[TrainConfig, str]:
         # An existing folder was interrupted: resume continues from its checkpoint (or
         # starts over if it stopped before the first one); its config was checked above.
+        variant, seed = key
         return comparison.config(variant, seed), str(run_dir_of(out, variant, seed))
 
-    # Two rounds: first every run nobody else holds, then (wait=True) the ones others held.
-    pending, wait = todo, False
-    if jobs == 1:
-        with StopRequest(immediate=workers.STOPPED):  # between runs; a run stops itself (train.run)
-            try:
-                while pending:
-                    later = [(v, s) for v, s in pending if not finished(
-                        v, s, workers.run_one(*job(v, s), progress if progress else "quiet", wait))]
-                    pending, wait = later, True
-            except RunInterrupted as err:  # from a run (after its checkpoint) or between runs
-                if err.message.startswith("compare stopped"):
-                    raise
-                raise workers.stopped(err.signum, err.message.removesuffix(RESUME_HINT)) from None
-    elif todo:
-        ctx = multiprocessing.get_context("spawn")
-        threads = max(1, workers.cores() // jobs)
-        others = set(multiprocessing.active_children())
-        with StopRequest(immediate=workers.STOPPED) as stop, cf.ProcessPoolExecutor(
-                jobs, mp_context=ctx, initializer=workers.init_worker,
-                initargs=(threads, os.getpid())) as pool:
-            try:
-                while pending:
-                    futures = {pool.submit(workers.run_one, *job(v, s), "quiet", wait): (v, s)
-                               for v, s in pending}
-                    pending, wait = [], True
-                    for fut in cf.as_completed(futures):
-                        try:
-                            result = fut.result()
-                        except OSError:  # the disk or a folder, not the run: stop, name the file
-                            workers.stop_workers(pool, stop, others)
-                            raise
-                        except Exception as err:  # the worker process died (e.g. out of memory)
-                            result = {"ok": False, "error": f"worker died: {err!r}", "seconds": 0.0}
-                        if not finished(*futures[fut], result):
-                            pending.append(futures[fut])
-            except KeyboardInterrupt as err:  # RunInterrupted: a stop signal, here or in a worker
-                log("stopping: running runs finish their step and write a checkpoint "
-                    "(a second Ctrl-C kills them)")
-                workers.stop_workers(pool, stop, others)
-                raise workers.stopped(getattr(err, "signum", signal.SIGINT)) from None
+    workers.schedule(todo, job, finished, jobs, progress, log)
     if comparison.robustness is not None:
         _robustness(comparison, out, progress, log, failed)
     end_cpu = os.times()

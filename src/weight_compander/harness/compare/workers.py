@@ -1,9 +1,9 @@
-"""The worker processes of ``compare --jobs N``, and one run of a comparison in any process.
+"""Scheduling a comparison's runs: one at a time, or in the worker processes of ``--jobs N``.
 
-Each worker gets cores/N torch threads, records SIGTERM / SIGINT instead of dying (so a
-stopping comparison starts no new run in it) and stops on its own if `compare` dies
-(parentwatch.py). `run_one` trains a run under its folder's lock and turns an ordinary
-failure into a result, so one failed run stops no other.
+`schedule` trains every run still to do. Each worker gets cores/N torch threads, records
+SIGTERM / SIGINT instead of dying (so a stopping comparison starts no new run in it) and stops
+on its own if `compare` dies (parentwatch.py). `run_one` trains a run under its folder's lock
+and turns an ordinary failure into a result, so one failed run stops no other.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import signal
 import time
 import traceback
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,11 @@ from weight_compander.harness.compare import parentwatch
 from weight_compander.harness.config.settings import TrainConfig
 from weight_compander.harness.errors import RunBusyError, RunInterrupted
 from weight_compander.harness.run import train
+from weight_compander.harness.run.loop import RESUME_HINT
 from weight_compander.harness.run.stopping import StopRequest
 from weight_compander.harness.store import atomic, runfiles, runlock
 
-__all__ = ["STOPPED", "cores", "init_worker", "run_one", "stop_workers", "stopped"]
+__all__ = ["STOPPED", "cores", "init_worker", "run_one", "schedule", "stop_workers", "stopped"]
 
 STOPPED = ("compare stopped by {signal}; finished runs are kept and interrupted ones have a "
            "checkpoint: re-run the same command to continue")
@@ -124,3 +126,56 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def schedule(
+    todo: Sequence[Hashable], job: Callable[[Any], tuple[TrainConfig, str]],
+    finished: Callable[[Any, dict[str, Any]], bool], jobs: int, progress: bool, log: Callable[[str], None],
+) -> None:
+    """Train the run of every key in `todo`, one at a time here (`jobs` 1) or in `jobs` workers.
+
+    `job(key)` gives the run's settings and folder; `finished(key, result)` is told each
+    outcome (see `run_one`) and returns False for a run another process holds: those get a
+    second round that waits for their lock. A stop signal stops the comparison cleanly
+    (`STOPPED`); an OSError (the disk, a folder) stops it at once.
+    """
+    # Two rounds: first every run nobody else holds, then (wait=True) the ones others held.
+    pending, wait = todo, False
+    if jobs == 1:
+        with StopRequest(immediate=STOPPED):  # between runs; a run stops itself (train.run)
+            try:
+                while pending:
+                    later = [key for key in pending if not finished(
+                        key, run_one(*job(key), progress if progress else "quiet", wait))]
+                    pending, wait = later, True
+            except RunInterrupted as err:  # from a run (after its checkpoint) or between runs
+                if err.message.startswith("compare stopped"):
+                    raise
+                raise stopped(err.signum, err.message.removesuffix(RESUME_HINT)) from None
+    elif todo:
+        ctx = multiprocessing.get_context("spawn")
+        threads = max(1, cores() // jobs)
+        others = set(multiprocessing.active_children())
+        with StopRequest(immediate=STOPPED) as stop, cf.ProcessPoolExecutor(
+                jobs, mp_context=ctx, initializer=init_worker,
+                initargs=(threads, os.getpid())) as pool:
+            try:
+                while pending:
+                    futures = {pool.submit(run_one, *job(key), "quiet", wait): key
+                               for key in pending}
+                    pending, wait = [], True
+                    for fut in cf.as_completed(futures):
+                        try:
+                            result = fut.result()
+                        except OSError:  # the disk or a folder, not the run: stop, name the file
+                            stop_workers(pool, stop, others)
+                            raise
+                        except Exception as err:  # the worker process died (e.g. out of memory)
+                            result = {"ok": False, "error": f"worker died: {err!r}", "seconds": 0.0}
+                        if not finished(futures[fut], result):
+                            pending.append(futures[fut])
+            except KeyboardInterrupt as err:  # RunInterrupted: a stop signal, here or in a worker
+                log("stopping: running runs finish their step and write a checkpoint "
+                    "(a second Ctrl-C kills them)")
+                stop_workers(pool, stop, others)
+                raise stopped(getattr(err, "signum", signal.SIGINT)) from None
