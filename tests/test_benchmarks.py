@@ -21,3 +21,14 @@ def test_benchmark_script_runs(script, tmp_path):
     assert "threads" in results["machine"]
     ratios = [results["ratio"]] if "ratio" in results else [results[m]["train_ratio"] for m in ("cnn", "mlp")]
     assert all(value > 0 for r in ratios for value in r.values())
+
+
+@pytest.mark.slow  # torch.compile compiles for each weight shape: a minute on 2 cores
+def test_kernel_choice_candidates_agree_and_are_timed(tmp_path):
+    out = tmp_path / "out.json"
+    command = [sys.executable, str(BENCHMARKS / "kernel_choice.py"), "--rounds", "1", "--calls", "1"]
+    subprocess.run([*command, "--json", str(out)], check=True, capture_output=True, text=True, timeout=600)
+    results = json.loads(out.read_text())
+    for entry in results["shapes"].values():
+        assert all(d < 1e-6 for d in entry["max_relative_difference_to_kernel"].values())
+        assert all(ms > 0 for hyper in ("fixed", "learnable") for ms in entry[hyper].values())

@@ -1,9 +1,15 @@
 """The tanh compander's C kernel: built once, used on CPU float32, same results whatever the
-thread count, and a torch fallback (with one warning) where it cannot be built."""
+thread count, and a torch fallback (with one warning) where it cannot be built; on a shared
+machine it never loads a library another user could have put in its cache."""
 
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +18,8 @@ import weight_compander as wc
 from weight_compander import cpu_kernel
 from weight_compander.fused import fused_tanh, fused_tanh_torch
 
-HAS_COMPILER = any(shutil.which(c) for c in (os.environ.get("CC") or "cc", "gcc", "clang"))
+COMPILER = next(filter(None, map(shutil.which, (os.environ.get("CC") or "cc", "gcc", "clang"))), None)
+HAS_COMPILER = COMPILER is not None
 
 
 @pytest.fixture
@@ -48,13 +55,13 @@ def test_kernel_builds_into_the_cache_and_runs_cpu_float32(fresh_kernel):
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
 def test_a_built_kernel_is_reused_without_compiling(fresh_kernel, monkeypatch):
-    first = cpu_kernel._build()
+    first = cpu_kernel._library()[1]
 
     def no_compiling(*args, **kwargs):
         raise AssertionError("compiled again")
 
     monkeypatch.setattr(cpu_kernel.subprocess, "run", no_compiling)
-    assert cpu_kernel._build() == first
+    assert cpu_kernel._library()[1] == first
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
@@ -141,3 +148,177 @@ def test_special_values_match_the_torch_path():
     finite_or_inf = [0, 1, 3, 4, 5, 6, 7, 8]  # bit for bit, so -0 is told from +0
     assert torch.equal(w.view(torch.int32)[finite_or_inf], expected.view(torch.int32)[finite_or_inf])
     assert w[2].isnan() and w[0].item() == pytest.approx(0.15)
+
+
+# ---------------------------------------------------------------- a shared machine
+
+PLANTED = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) {  /* runs as soon as it is loaded */
+    FILE *marker = fopen(MARKER, "w");
+    if (marker) fclose(marker);
+}
+"""
+NOBODY = 65534
+
+
+@pytest.fixture(scope="module")
+def kernel_name(tmp_path_factory) -> str:
+    """The file name the loader looks for on this machine: anyone can compute it."""
+    cache = tmp_path_factory.mktemp("real")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("WEIGHT_COMPANDER_CACHE", str(cache))
+        cpu_kernel.load.cache_clear()
+        assert cpu_kernel.load() is not None
+    cpu_kernel.load.cache_clear()
+    (built,) = cache.glob("tanh-*.so")
+    return built.name
+
+
+def plant(folder: Path, name: str, marker: Path) -> None:
+    """Put a library at `folder/name` that creates `marker` when something loads it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder.parent / "planted.c"
+    source.write_text(PLANTED)
+    command = [COMPILER, "-shared", "-fPIC", f'-DMARKER="{marker}"', str(source), "-o", str(folder / name)]
+    subprocess.run(command, check=True, capture_output=True)
+
+
+def make_unsafe(folder: Path, how: str) -> Path:
+    """Give `folder` the flaw `how`; returns the folder the loader must refuse."""
+    if how == "owned by another user":
+        for path in (folder, *folder.iterdir()):
+            os.chown(path, NOBODY, NOBODY)
+    elif how == "group-writable":
+        folder.chmod(0o770)
+    elif how == "world-writable":
+        folder.chmod(0o777)
+    elif how == "in a folder others can write":
+        folder.parent.chmod(0o777)  # no sticky bit: anyone can rename the folder and put their own
+    return folder
+
+
+HOWS = [
+    pytest.param("owned by another user", marks=pytest.mark.skipif(
+        os.geteuid() != 0, reason="making a folder another user's needs root (chown)")),
+    "group-writable", "world-writable", "in a folder others can write",
+]  # fmt: skip
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+@pytest.mark.parametrize("how", HOWS)
+def test_a_library_planted_in_the_temp_folder_is_not_loaded(fresh_kernel, monkeypatch, kernel_name, how):
+    """The attack: another user creates $TMPDIR/weight_compander-<uid> first, with a library at the
+    predictable name, and waits for a training process whose home cache is read-only."""
+    (fresh_kernel / "home").write_text("a file where the cache folder should be: not writable")
+    monkeypatch.setenv("WEIGHT_COMPANDER_CACHE", str(fresh_kernel / "home" / "cache"))
+    shared_tmp = fresh_kernel / "tmp" / "shared"
+    shared_tmp.mkdir(parents=True)
+    shared_tmp.chmod(0o1777)  # like /tmp: anyone may create entries, only their owner may rename them
+    monkeypatch.setattr(cpu_kernel.tempfile, "tempdir", str(shared_tmp))
+    marker = fresh_kernel / "planted-code-ran"
+    folder = shared_tmp / f"weight_compander-{os.geteuid()}"
+    plant(folder, kernel_name, marker)
+    make_unsafe(folder, how)
+    if how == "in a folder others can write":  # a temp folder without the sticky bit: nothing there is safe
+        expected = r"could not build its CPU kernel \(no private folder to build in .* others can write"
+    else:
+        expected = r"did not use its kernel cache: .* built for this process only, in a temporary folder"
+    with pytest.warns(wc.CompanderWarning, match=expected) as caught:
+        kernel = cpu_kernel.load()
+    assert len(caught) == 1
+    assert not marker.exists()
+    v = (torch.randn(64, 32) * 0.05).requires_grad_()
+    w = fused_tanh(v, *hypers())
+    if how == "in a folder others can write":
+        assert kernel is None and backward_class(w) == "_TanhTorchBackward"
+    else:
+        assert kernel is not None and "private to this process" in cpu_kernel.kernel_status()
+        assert backward_class(w) == "_TanhKernelBackward"
+    torch.testing.assert_close(w, fused_tanh_torch(v, *hypers()), rtol=1e-6, atol=0)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+@pytest.mark.parametrize("how", HOWS)
+def test_an_unsafe_cache_folder_is_refused(fresh_kernel, monkeypatch, kernel_name, how):
+    cache = fresh_kernel / "home" / "cache"
+    monkeypatch.setenv("WEIGHT_COMPANDER_CACHE", str(cache))
+    monkeypatch.setattr(cpu_kernel.tempfile, "tempdir", str(fresh_kernel / "tmp"))
+    (fresh_kernel / "tmp").mkdir()
+    marker = fresh_kernel / "planted-code-ran"
+    plant(cache, kernel_name, marker)
+    make_unsafe(cache, how)
+    with pytest.warns(wc.CompanderWarning, match=f"did not use its kernel cache: {cache}.*cached in"):
+        assert cpu_kernel.load() is not None
+    assert not marker.exists()
+    assert (fresh_kernel / "tmp" / f"weight_compander-{os.geteuid()}" / kernel_name).exists()
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_a_new_cache_folder_is_private_and_a_safe_one_is_used_without_warning(fresh_kernel, monkeypatch):
+    cache = fresh_kernel / "new" / "cache"
+    monkeypatch.setenv("WEIGHT_COMPANDER_CACHE", str(cache))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cpu_kernel.load() is not None
+    assert cache.stat().st_mode & 0o777 == 0o700
+    (library,) = cache.glob("tanh-*.so")
+    assert library.stat().st_mode & 0o022 == 0
+    assert cpu_kernel.kernel_status() == f"in use: {library}"
+
+
+def test_the_cache_key_covers_every_flag_and_the_cpu_model(tmp_path, monkeypatch):
+    """A home shared over NFS by machines with different CPUs keeps one build per CPU."""
+    cpuinfo = "processor\t: 0\nmodel name\t: {model}\nflags\t\t: fpu sse2 {flags}\n\n"
+    keys = []
+    for model, flags in [("CPU A", "avx2"), ("CPU B", "avx2"), ("CPU A", "avx2 avx512f")]:
+        (tmp_path / "cpuinfo").write_text(cpuinfo.format(model=model, flags=flags) * 2)
+        monkeypatch.setattr(cpu_kernel, "_CPUINFO", str(tmp_path / "cpuinfo"))
+        keys.append(cpu_kernel._key(sys.executable))
+    monkeypatch.setattr(cpu_kernel, "_COMMON_FLAGS", [*cpu_kernel._COMMON_FLAGS, "-ffast-math"])
+    keys.append(cpu_kernel._key(sys.executable))
+    assert len(set(keys)) == len(keys)
+
+
+STARTER = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    import torch
+    from weight_compander import cpu_kernel
+    from weight_compander.fused import fused_tanh, fused_tanh_torch
+
+    here = Path(sys.argv[1])
+    (here / f"ready-{os.getpid()}").touch()
+    while not (here / "go").exists():  # all start loading at once
+        time.sleep(0.005)
+    assert cpu_kernel.load() is not None, cpu_kernel.kernel_status()
+    v, hyper = torch.linspace(-1, 1, 1001), (torch.tensor(0.05), torch.tensor(1.5), torch.tensor(2.0))
+    torch.testing.assert_close(fused_tanh(v, *hyper), fused_tanh_torch(v, *hyper), rtol=1e-6, atol=0)
+""")
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+def test_processes_starting_together_compile_once_and_all_load(tmp_path):
+    """E.g. the ranks of a DDP job on one machine: one compiles, the others wait for it, then load."""
+    counting = tmp_path / "cc"
+    counting.write_text(f'#!/bin/sh\necho "$PPID" >> "{tmp_path}/compiled-by"\nexec "{COMPILER}" "$@"\n')
+    counting.chmod(0o755)
+    env = {**os.environ, "CC": str(counting), "WEIGHT_COMPANDER_CACHE": str(tmp_path / "cache")}
+    env.pop("WEIGHT_COMPANDER_KERNEL", None)
+    processes = [subprocess.Popen([sys.executable, "-c", STARTER, str(tmp_path)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for _ in range(4)]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("ready-*"))) < len(processes) and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in processes), [p.communicate()[0] for p in processes]
+            time.sleep(0.01)
+        (tmp_path / "go").touch()
+        outputs = [p.communicate(timeout=120)[0] for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    assert [p.returncode for p in processes] == [0] * len(processes), outputs
+    compiled_by = set((tmp_path / "compiled-by").read_text().split())
+    assert len(compiled_by) == 1, f"{len(compiled_by)} processes ran the compiler"
+    assert len(list((tmp_path / "cache").glob("tanh-*.so"))) == 1

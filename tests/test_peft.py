@@ -127,3 +127,20 @@ def test_companded_adapters_round_trip_through_the_adapter_file(tmp_path):
     plain = PeftModel.from_pretrained(llama(), tmp_path)  # to deploy: the effective adapter weights
     assert torch.allclose(logits(plain), want, atol=1e-6)
     assert torch.allclose(logits(plain.merge_and_unload()), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["lm_head", "embed_tokens"])
+def test_merging_into_either_holder_of_a_tied_companded_tensor_is_refused(target):
+    """Baking the first holder alone wrote f(v) into the shared Parameter while the other holder
+    still applied f to it: f(f(v)) there, silently."""
+    config = transformers.LlamaConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                                      num_attention_heads=2, num_key_value_heads=2, vocab_size=100,
+                                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    apply(model, include=[torch.nn.Linear, torch.nn.Embedding])
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=[target], init_lora_weights=False))
+    before = logits(model)
+    with pytest.raises(ValueError, match="tied weights"):
+        model.merge_and_unload()
+    assert torch.equal(logits(model), before)  # nothing was changed

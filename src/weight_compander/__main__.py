@@ -2,7 +2,7 @@
 
 import sys
 
-from weight_compander.harness.cli import main
+from weight_compander.harness.console import main
 
 if __name__ == "__main__":
     sys.exit(main())

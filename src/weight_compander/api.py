@@ -361,6 +361,8 @@ def _scale(w: Tensor, scale: str | float, where: str, axis: int) -> Tensor:
 
 
 def _register(plan: _Plan) -> None:
+    # a tied tensor's first holder: baking it alone (e.g. a PEFT merge) would untie the others
+    plan.compander.has_tied_holders = bool(plan.tied)
     registration.register(plan.target.module, plan.target.tensor_name, plan.compander)
     for holder in plan.tied:
         registration.register_shared(holder.module, holder.tensor_name, plan.compander)

@@ -192,28 +192,18 @@ def _mulaw_inverse(y: Tensor, mu: Tensor, crossover: Tensor) -> Tensor:
 # autograd slope at exactly v = 0 is 0 (abs has gradient 0 there), and a zero weight never moves.
 
 
-def _arctan(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    return a * torch.atan(x / b)
+def _a_phi_of_v_over_b(
+    phi: Callable[[Tensor], Tensor], phi_inverse: Callable[[Tensor], Tensor]
+) -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
+    """``a * phi(x / b)`` and its inverse ``b * phi^-1(y / a)``: the paper's family."""
 
+    def forward(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        return a * phi(x / b)
 
-def _arctan_inverse(y: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    return b * torch.tan(y / a)
+    def inverse(y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        return b * phi_inverse(y / a)
 
-
-def _asinh(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    return a * torch.asinh(x / b)
-
-
-def _asinh_inverse(y: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    return b * torch.sinh(y / a)
-
-
-def _erf(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    return a * torch.erf(x / b)
-
-
-def _erf_inverse(y: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    return b * torch.erfinv(y / a)
+    return forward, inverse
 
 
 def _linear(x: Tensor, slope: Tensor) -> Tensor:
@@ -273,9 +263,10 @@ def _register_paper_kinds() -> None:
     ``(a, b)`` for the whole network.
     """
     ab = {"a": Hyperparameter(defaults.PAPER_A), "b": Hyperparameter(defaults.PAPER_B)}
-    register_kind("arctan", _arctan, _arctan_inverse, ab, bound="a", bound_factor=math.pi / 2)
-    register_kind("asinh", _asinh, _asinh_inverse, ab)
-    register_kind("erf", _erf, _erf_inverse, ab, bound="a")
+    arctan = _a_phi_of_v_over_b(torch.atan, torch.tan)
+    register_kind("arctan", *arctan, ab, bound="a", bound_factor=math.pi / 2)
+    register_kind("asinh", *_a_phi_of_v_over_b(torch.asinh, torch.sinh), ab)
+    register_kind("erf", *_a_phi_of_v_over_b(torch.erf, torch.erfinv), ab, bound="a")
     register_kind("linear", _linear, _linear_inverse, {"slope": Hyperparameter(defaults.LINEAR_SLOPE)})
     register_kind(
         "powerprop",

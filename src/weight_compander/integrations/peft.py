@@ -68,7 +68,7 @@ def bake_base_layer(layer: BaseTunerLayer) -> None:
     entries = companded_entries(base)
     if not entries:
         return
-    if any(e.shared for e in entries):
+    if any(e.shared or getattr(e.compander, "has_tied_holders", False) for e in entries):
         raise ValueError(
             f"the base layer of {type(layer).__name__} shares a companded tensor with another layer "
             "(tied weights), which merging would untie; bake first: wc.remove(model), then merge. "

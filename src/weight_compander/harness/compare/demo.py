@@ -1,16 +1,18 @@
 """`weight-compander demo`: the main job — baseline vs weight compander, in minutes on a CPU.
 
-It is a `compare` of a built-in comparison (configs/demo.toml: Fashion-MNIST; or
-configs/demo-digits.toml when Fashion-MNIST is not installed), followed by the report; it
-prints the accuracy table and the robustness summary of its runs (a small, fixed set of test
-images, the comparison's ``robustness = {...}``). The
-same numbers come from ``weight-compander compare configs/demo.toml``, which writes to the
-same folder, so finished runs are shared and skipped.
+It is a `compare` of a built-in comparison (demo.toml: Fashion-MNIST; or demo-digits.toml
+when Fashion-MNIST is not installed), followed by the report; it prints the accuracy table and
+the robustness summary of its runs (a small, fixed set of test images, the comparison's
+``robustness = {...}``). The two files are package data (``weight_compander/harness/configs/``),
+so an installed copy runs the demo from any folder; the repository's ``configs/demo*.toml`` are
+links to them. The same numbers come from ``weight-compander compare configs/demo.toml``, which
+writes to the same folder, so finished runs are shared and skipped.
 """
 
 from __future__ import annotations
 
 import time
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from weight_compander.harness.store.scan import find_runs
 
 __all__ = ["demo_config", "fashion_mnist_present", "run_demo"]
 
-CONFIGS = Path(__file__).resolve().parents[4] / "configs"  # the repository's configs/ folder
+CONFIGS = Path(str(files("weight_compander.harness").joinpath("configs")))  # package data
 IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 GET_FASHION = "sudo apt-get install dataset-fashion-mnist"
@@ -63,9 +65,6 @@ def demo_config(
                     "`weight-compander demo`")
     else:
         note = f"comparison: {config}"
-    if not Path(config).exists():
-        raise CompareError(f"demo comparison {config} not found; run the demo from a clone of "
-                           "the repository (it reads configs/), or pass --config")
     data = read_toml(config, CompareError, "demo comparison")
     if quick:
         data["name"] = f"{data.get('name', 'demo')}-quick"
