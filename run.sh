@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for set-up and the project's jobs.
 #   bash run.sh demo    set up (first time only), then run the main job
-#   bash run.sh test    set up (first time only), then run the default test suite + ruff
+#   bash run.sh test    set up (first time only), then ruff, the import contracts (lint-imports) and the default test suite
 #   bash run.sh setup   set up only
 # Set-up: a virtual environment in .venv, PyTorch 2.13.0 (CPU, from this machine's disk),
 # the package with its harness, dev and integrations (transformers, lightning) extras, and Fashion-MNIST from Debian when we are root.
@@ -37,6 +37,6 @@ shift || true
 case "$cmd" in
     setup) setup ;;
     demo) setup; exec "$VENV/bin/weight-compander" demo "$@" ;;
-    test) setup; "$VENV/bin/ruff" check .; exec "$VENV/bin/python" -m pytest -q "$@" ;;
+    test) setup; "$VENV/bin/ruff" check .; "$VENV/bin/lint-imports"; exec "$VENV/bin/python" -m pytest -q "$@" ;;
     *) sed -n '2,8p' "$0"; exit 2 ;;
 esac

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import weight_compander as wc
 from overhead import BATCH, interleaved, machine, parse_args, write_json
-from weight_compander.harness.models import build_model
+from weight_compander.harness.ingredients.models import build_model
 
 
 def timer(hyper_every: int | None, steps: int) -> Callable[[], float]:

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 
 import weight_compander as wc
-from weight_compander.harness import data, models, train
-from weight_compander.harness.config import TrainConfig
+from weight_compander.harness.config.settings import TrainConfig
+from weight_compander.harness.ingredients import data, models
+from weight_compander.harness.run import train
 
 
 def bare_loop(cfg: TrainConfig, ds: data.Dataset) -> float:

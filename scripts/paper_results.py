@@ -37,7 +37,7 @@ FULL_SEEDS = 5
 
 def paired_cells(runs: Sequence[Any], variant: str, key: str) -> dict[str, Any] | None:
     """Paired difference (report.paired_difference's dict) of `variant` - base on final[key]."""
-    from weight_compander.harness.report import paired_difference
+    from weight_compander.harness.report.stats import paired_difference
 
     def values(name: str) -> dict[int, float]:
         return {r.seed: float(r.final[key]) for r in runs
@@ -61,7 +61,7 @@ def cell(d: dict[str, Any] | None) -> str:
 
 
 def table(studies: Path) -> list[str]:
-    from weight_compander.harness.report import scan_runs
+    from weight_compander.harness.store.scan import scan_runs
 
     lines = [
         "| benchmark | accuracy | " + " | ".join(COLUMNS) + " | the paper (WC − base) |",

@@ -44,7 +44,7 @@ def _interval(d: dict[str, Any] | None) -> str:
 
 def _paired(summary: dict[str, Any], variant: str, reference: str) -> dict[str, Any] | None:
     """Paired difference of `variant` to `reference` over their common seeds (None if one is missing)."""
-    from weight_compander.harness.report import paired_difference
+    from weight_compander.harness.report.stats import paired_difference
 
     runs = summary["variants"]
     if variant not in runs or reference not in runs:
@@ -103,7 +103,7 @@ def base_validation_curve(folder: Path, baseline: str = "base") -> dict[str, Any
     The rule (issue 10): the gain from epoch E − ⌈E/5⌉ to the last epoch E, in points; a run
     counts as converged when it trained ≥ 15 epochs and that gain is below CONVERGED_GAIN_PP.
     """
-    from weight_compander.harness.report import read_metrics
+    from weight_compander.harness.store.scan import read_metrics
 
     curves = [[row["val_acc"] for row in read_metrics(path)]
               for path in sorted((folder / baseline).glob("seed*/metrics.jsonl"))]  # fmt: skip

@@ -278,9 +278,9 @@ def test_zero_std_tensor_needs_an_explicit_scale():
 
 
 def test_apply_rolls_back_when_a_registration_fails(cnn, monkeypatch):
-    import weight_compander.api as api
+    import weight_compander.registration as registration
 
-    real = api.make_picklable
+    real = registration.make_picklable
     calls = []
 
     def flaky(module):
@@ -289,7 +289,7 @@ def test_apply_rolls_back_when_a_registration_fails(cnn, monkeypatch):
             raise RuntimeError("injected failure")
         real(module)
 
-    monkeypatch.setattr(api, "make_picklable", flaky)
+    monkeypatch.setattr(registration, "make_picklable", flaky)
     before = snapshot(cnn)
     with pytest.raises(RuntimeError, match="injected failure"):
         wc.apply(cnn)

@@ -4,7 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
-from weight_compander.harness.compare import comparison_from_dict, run_comparison
+from weight_compander.harness.compare.runner import run_comparison
+from weight_compander.harness.config.comparison import comparison_from_dict
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paper_results.py"
 spec = importlib.util.spec_from_file_location("paper_results", SCRIPT)

@@ -15,14 +15,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from . import defaults, integrations, state
+from . import defaults, frameworks, registration
 from .coverage import Applied, coverage
 from .exceptions import CompanderWarning
 from .functions import Kind, get_kind
 from .layer_types import output_axis
 from .overflow import POLICIES, Overflow, fit_bound
 from .overflow import message as overflow_message
-from .parametrization import Compander, SharedCompander, make_picklable
+from .parametrization import Compander, SharedCompander
 from .selection import Target, companded_entries, has_tensor, select_targets, tied_holders
 
 __all__ = ["apply", "compand", "remove"]
@@ -141,7 +141,7 @@ def apply(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply needs an nn.Module; got {type(model).__name__}.")
-    integrations.prepare(model)  # e.g. transformers' fused mixture-of-experts layers
+    frameworks.prepare(model)  # e.g. transformers' fused mixture-of-experts layers
     plans: list[_Plan] = []
     seen: set[int] = set()
     for target in select_targets(model, include, exclude):
@@ -166,7 +166,7 @@ def apply(
         for plan, original in reversed(started):  # leave the model exactly as it was
             _unregister(plan, original)
         raise
-    integrations.attach(model)
+    frameworks.attach(model)
     overflows = [plan.overflow for plan in plans if plan.overflow]
     if overflows:
         warnings.warn(overflow_message(overflows, len(plans)), CompanderWarning, stacklevel=2)
@@ -201,16 +201,9 @@ def remove(model: nn.Module, bake: bool = True) -> nn.Module:
     entries = companded_entries(model)
     if not entries:
         raise ValueError("nothing in this model is companded, so there is nothing to remove.")
-    _remove_entries(entries, bake)
-    integrations.detach(model)
+    registration.remove_entries(entries, bake)
+    frameworks.detach(model)
     return model
-
-
-def _remove_entries(entries: list, bake: bool) -> None:
-    # Second holders of tied tensors first: the first holder's bake then writes f(v) into the
-    # one Parameter they share.
-    for entry in sorted(entries, key=lambda e: not e.shared):
-        _drop(entry.module, entry.tensor_name, entry.index, bake=bake and not entry.shared)
 
 
 # --- planning: all checks, no side effects ----------------------------------------------------
@@ -368,26 +361,11 @@ def _scale(w: Tensor, scale: str | float, where: str, axis: int) -> Tensor:
 
 
 def _register(plan: _Plan) -> None:
-    module, name = plan.target.module, plan.target.tensor_name
-    plan.compander.parameter_order = tuple(module._parameters)  # restored by remove
     # a tied tensor's first holder: baking it alone (e.g. a PEFT merge) would untie the others
     plan.compander.has_tied_holders = bool(plan.tied)
-    stacked = parametrize.is_parametrized(module, name)
-    before = _tensor(plan.target).detach().clone() if stacked else None
-    parametrize.register_parametrization(module, name, plan.compander)
-    if stacked:
-        # torch only inverts the first parametrization of a tensor; on top of another one
-        # (e.g. weight_norm) we invert the whole chain ourselves so outputs stay the same.
-        with torch.no_grad():
-            module.parametrizations[name].right_inverse(before)
-    make_picklable(module)
-    state.attach(module)
+    registration.register(plan.target.module, plan.target.tensor_name, plan.compander)
     for holder in plan.tied:
-        shared = SharedCompander(plan.compander)
-        shared.parameter_order = tuple(holder.module._parameters)
-        parametrize.register_parametrization(holder.module, holder.tensor_name, shared)
-        make_picklable(holder.module)
-        state.attach(holder.module)
+        registration.register_shared(holder.module, holder.tensor_name, plan.compander)
 
 
 def _unregister(plan: _Plan, original: Tensor) -> None:
@@ -398,30 +376,10 @@ def _unregister(plan: _Plan, original: Tensor) -> None:
             plist = module.parametrizations[name]
             ours = [i for i, p in enumerate(plist) if isinstance(p, Compander | SharedCompander)]
             if ours:
-                _drop(module, name, ours[-1], bake=False)
+                registration.drop(module, name, ours[-1], bake=False)
     module, name = plan.target.module, plan.target.tensor_name
     with torch.no_grad():
         if parametrize.is_parametrized(module, name):
             module.parametrizations[name].right_inverse(original)
         else:
             getattr(module, name).copy_(original)
-
-
-def _drop(module: nn.Module, name: str, index: int, bake: bool) -> None:
-    plist = module.parametrizations[name]
-    order = getattr(plist[index], "parameter_order", ())
-    if bake or len(plist) == 1:
-        parametrize.remove_parametrizations(module, name, leave_parametrized=bake)
-        # torch re-registers the tensor last; put it back in its place so parameters() (and
-        # any optimizer built from it) sees the order it saw before companding.
-        params = module._parameters
-        for key in [k for k in order if k in params] + [k for k in params if k not in order]:
-            params[key] = params.pop(key)
-    else:
-        del plist[index]  # keep the other parametrizations of this tensor
-    if not any(
-        isinstance(p, Compander | SharedCompander)
-        for plist in getattr(module, "parametrizations", {}).values()
-        for p in plist
-    ):
-        state.detach(module)

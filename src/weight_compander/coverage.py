@@ -17,7 +17,7 @@ from torch.nn.utils import parametrize
 from .defaults import COVERAGE_WARNING, UNREGISTERED_WARNING
 from .layer_types import layer_spec
 from .parametrization import Compander, SharedCompander
-from .selection import _join, _modules
+from .selection import join_name, user_modules
 
 __all__ = ["Applied", "Coverage", "coverage"]
 
@@ -74,19 +74,19 @@ def coverage(model: nn.Module, top: int = 5) -> Coverage:
     """
     seen: dict[int, tuple[str, tuple[int, ...], str, bool]] = {}
     unknown: set[int] = set()  # ids of tensors held by modules of no registered layer type
-    for module_name, module in _modules(model):
+    for module_name, module in user_modules(model):
         kind = parametrize.type_before_parametrizations(module).__name__
         if layer_spec(module) is None:
             unknown.update(id(p) for p in module._parameters.values() if p is not None)
         for name, p in module._parameters.items():
             if p is not None and p.dim() >= 2 and id(p) not in seen:
-                seen[id(p)] = (_join(module_name, name), tuple(p.shape), kind, False)
+                seen[id(p)] = (join_name(module_name, name), tuple(p.shape), kind, False)
         if parametrize.is_parametrized(module):
             for name, plist in module.parametrizations.items():
                 raw = max(plist._parameters.values(), key=lambda t: t.numel())  # weight_norm: v, not g
                 companded = any(isinstance(q, Compander | SharedCompander) for q in plist)
                 if raw.dim() >= 2 and (id(raw) not in seen or companded):
-                    seen[id(raw)] = (_join(module_name, name), tuple(raw.shape), kind, companded)
+                    seen[id(raw)] = (join_name(module_name, name), tuple(raw.shape), kind, companded)
     total = sum(math.prod(s) for _, s, _, _ in seen.values())
     done = sum(math.prod(s) for _, s, _, c in seen.values() if c)
     rest = sorted((e for e in seen.values() if not e[3]), key=lambda e: -math.prod(e[1]))

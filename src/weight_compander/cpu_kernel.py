@@ -3,7 +3,7 @@
 Why: a training step on a weight-heavy model is bound by memory traffic, and the exact tanh in
 torch operations (``fused.py``) takes seven passes over the weights forward. The kernel
 (``kernels/tanh.c``) takes one pass each way and is faster than the old inexact
-``2*sigmoid(2u) - 1`` path (see the README's Speed section).
+``2*sigmoid(2u) - 1`` path (see docs/speed.md).
 
 It is plain C, with no torch or Python headers, so any C compiler builds it in under a second:
 ``$CC`` or ``cc``/``gcc``/``clang``, with ``-march=native`` and OpenMP where the compiler has

@@ -4,7 +4,7 @@ The compander defaults come from the project's benchmark study (docs/results/REA
 gain and limit are the setting its stage 2 chose on the Fashion-MNIST validation split
 (``configs/study/grid-fsmall.toml``: of tanh gain {1.5, 2, 3} x limit {2, 3, 5} and mu-law,
 gain 1.5 / limit 2 scored best; gain 2 / limit 3, the DESIGN starting point, was worse and
-gain 3 failed to train). Whether WC helps at all is stage 3's question (README, "Results").
+gain 3 failed to train). Whether WC helps at all is stage 3's question (docs/study.md).
 """
 
 DEFAULT_KIND = "tanh"

@@ -3,7 +3,7 @@
 Autograd through ``s*L*tanh(g*v/(s*L))`` allocates a temporary for every operator, forward and
 backward, and reduces the hyperparameter gradients elementwise; on a weight-heavy model (an MLP
 with 1.8 M weights and little compute per weight) that doubled the training step. Here one
-``autograd.Function`` computes ``w`` and the analytic backward, and keeps the laws the README
+``autograd.Function`` computes ``w`` and the analytic backward, and keeps the laws docs/speed.md
 promises exactly: odd to the last bit, and within float32's relative precision of float64 from
 ``|v| = 1e-30*s`` to ``1e3*s`` (the ``2*sigmoid(2u) - 1`` used before was 3 % off at ``1e-6*s``).
 

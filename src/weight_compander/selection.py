@@ -12,7 +12,9 @@ from torch.nn.utils import parametrize
 from .layer_types import layer_spec, tensor_names
 from .parametrization import Compander, SharedCompander
 
-__all__ = ["Entry", "Target", "companded_entries", "select_targets", "tied_holders"]
+__all__ = [
+    "Entry", "Target", "companded_entries", "join_name", "select_targets", "tied_holders", "user_modules",
+]
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,8 @@ class Entry(Target):
         return self.module.parametrizations[self.tensor_name]
 
 
-def _join(prefix: str, name: str) -> str:
+def join_name(prefix: str, name: str) -> str:
+    """A qualified tensor name: ``"fc" + "weight"`` -> ``"fc.weight"`` (no dot at the root)."""
     return f"{prefix}.{name}" if prefix else name
 
 
@@ -48,8 +51,9 @@ def has_tensor(module: nn.Module, tensor_name: str) -> bool:
     return isinstance(value, Tensor)
 
 
-def _modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    # Skip the internals of parametrizations (weight_norm's modules, our own companders).
+def user_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``model.named_modules()`` without the internals of parametrizations (weight_norm's
+    modules, our own companders): the modules a user can name."""
     for name, module in model.named_modules():
         if ".parametrizations." not in f".{name}." and not name.startswith("parametrizations."):
             yield name, module
@@ -78,7 +82,7 @@ def _matches(entries: list[type[nn.Module] | str | None], model: nn.Module, what
     """The tensors any entry matches, in the model's own order (``None``: the default layer types)."""
     found: dict[str, Target] = {}
     unmatched = {e for e in entries if isinstance(e, str)}
-    for module_name, module in _modules(model):
+    for module_name, module in user_modules(model):
         for entry in entries:
             if entry is None:
                 names = _default_names(module)
@@ -88,16 +92,16 @@ def _matches(entries: list[type[nn.Module] | str | None], model: nn.Module, what
                 names = tensor_names(module)
             else:
                 names = tuple(
-                    n for n in _tensor_names(module) if fnmatch.fnmatchcase(_join(module_name, n), entry)
+                    n for n in _tensor_names(module) if fnmatch.fnmatchcase(join_name(module_name, n), entry)
                 )
             for n in names:
                 if has_tensor(module, n):
-                    found.setdefault(_join(module_name, n), Target(_join(module_name, n), module, n))
+                    found.setdefault(join_name(module_name, n), Target(join_name(module_name, n), module, n))
                     unmatched.discard(entry)
     if unmatched:
         raise ValueError(
             f"{what} entry {sorted(unmatched)[0]!r} matches no module or tensor of the model; "
-            f"module names are: {', '.join(n for n, _ in _modules(model) if n) or '(none)'}."
+            f"module names are: {', '.join(n for n, _ in user_modules(model) if n) or '(none)'}."
         )
     return list(found.values())
 
@@ -130,17 +134,17 @@ def select_targets(
 def tied_holders(model: nn.Module, tensor: Tensor) -> list[Target]:
     """Every (module, name) in the model that holds this very Parameter object."""
     holders = []
-    for module_name, module in _modules(model):
+    for module_name, module in user_modules(model):
         for n, p in module._parameters.items():
             if p is tensor:
-                holders.append(Target(_join(module_name, n), module, n))
+                holders.append(Target(join_name(module_name, n), module, n))
     return holders
 
 
 def companded_entries(model: nn.Module) -> list[Entry]:
     """All companded tensors of a model, the first holder of a tied tensor before the others."""
     entries = []
-    for module_name, module in _modules(model):
+    for module_name, module in user_modules(model):
         if not parametrize.is_parametrized(module):
             continue
         for tensor_name, plist in module.parametrizations.items():
@@ -148,6 +152,6 @@ def companded_entries(model: nn.Module) -> list[Entry]:
                 if isinstance(p, Compander | SharedCompander):
                     shared = isinstance(p, SharedCompander)
                     compander = p.compander if shared else p
-                    name = _join(module_name, tensor_name)
+                    name = join_name(module_name, tensor_name)
                     entries.append(Entry(name, module, tensor_name, index, compander, shared))
     return sorted(entries, key=lambda e: e.shared)

@@ -15,11 +15,12 @@ import sys
 import torch
 
 import weight_compander as wc
-from weight_compander.harness import cli, train
+from weight_compander.harness import cli
+from weight_compander.harness.run import train
 
 record_dir, argv = sys.argv[1], sys.argv[2:]
 models, steps = [], []
-build_model = train.build_model
+build_model = train.build_model  # what a run builds its model with
 
 
 def build_and_watch(cfg, shape):

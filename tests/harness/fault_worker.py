@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from weight_compander.harness import checkpoint, cli
+from weight_compander.harness import cli
+from weight_compander.harness.store import checkpoint
 
 _counts: dict[str, int] = {}
 
@@ -95,7 +96,7 @@ if __name__ == "__main__":
         import sklearn.datasets  # noqa: F401  (the slow imports, done once before forking)
         import torch._dynamo  # (imported by the first optimizer step)
 
-        from weight_compander.harness import train  # noqa: F401
+        from weight_compander.harness.run import train  # noqa: F401
 
         serve()
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from weight_compander.harness.augment import POLICIES, augment_batch, crop_padding
+from weight_compander.harness.ingredients.augment import POLICIES, augment_batch, crop_padding
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from weight_compander.harness import checkpoint, train
-from weight_compander.harness.config import TrainConfig
+from weight_compander.harness.config.settings import TrainConfig
+from weight_compander.harness.run import loop, metrics, restore, train
+from weight_compander.harness.store import checkpoint
 
 TINY = dict(dataset="digits", model="mlp", epochs=4, batch_size=64, train_subset=300,
             val_size=100, threads=1, schedule="constant", lr=0.1)
@@ -17,7 +18,7 @@ TINY = dict(dataset="digits", model="mlp", epochs=4, batch_size=64, train_subset
 
 def scripted_validation(monkeypatch, accuracies):
     """Validation accuracy per epoch as given (test evaluations stay real)."""
-    real, calls = train.evaluate, []
+    real, calls = metrics.evaluate, []
 
     def evaluate(model, x, y, batch_size):
         loss, acc = real(model, x, y, batch_size)
@@ -26,7 +27,7 @@ def scripted_validation(monkeypatch, accuracies):
             return loss, accuracies[len(calls) - 1]
         return loss, acc
 
-    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(loop, "evaluate", evaluate)
 
 
 def killed_after_epoch(cfg, run_dir, epoch, monkeypatch, keep_best=True):
@@ -58,11 +59,11 @@ def test_best_epoch_is_the_first_highest_val_acc_and_its_weights_are_tested(tmp_
     state = checkpoint.load_latest(tmp_path / "r")
     assert state["best"]["epoch"] == 2
     assert any(not torch.equal(state["best"]["model"][k], state["model"][k]) for k in state["model"])
-    model = train.load_model(tmp_path / "r")  # the last epoch's weights
-    ds = train.load_data(TrainConfig(**TINY))
-    assert train.evaluate(model, ds.test_x, ds.test_y, 1024) == (final["test_loss"], final["test_acc"])
+    model = restore.load_model(tmp_path / "r")  # the last epoch's weights
+    ds = restore.load_data(TrainConfig(**TINY))
+    assert metrics.evaluate(model, ds.test_x, ds.test_y, 1024) == (final["test_loss"], final["test_acc"])
     model.load_state_dict(state["best"]["model"])
-    assert train.evaluate(model, ds.test_x, ds.test_y, 1024) == (
+    assert metrics.evaluate(model, ds.test_x, ds.test_y, 1024) == (
         final["test_loss_best_val"], final["test_acc_best_val"])
 
 

@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from weight_compander.harness import checkpoint, train
-from weight_compander.harness.config import ConfigError, TrainConfig
+from weight_compander.harness.config.settings import TrainConfig
+from weight_compander.harness.errors import ConfigError
+from weight_compander.harness.run import train
+from weight_compander.harness.store import checkpoint
 
 TIME_KEYS = {"time", "wall_time", "cpu_time", "images_per_second"}
 BILEVEL = dict(dataset="digits", model="mlp", epochs=3, batch_size=64, train_subset=400, val_size=100,

@@ -5,8 +5,8 @@ import pickle
 import pytest
 import torch
 
-from weight_compander.harness import checkpoint
-from weight_compander.harness.checkpoint import CheckpointError
+from weight_compander.harness.errors import CheckpointError
+from weight_compander.harness.store import checkpoint
 
 
 def _state(epoch):

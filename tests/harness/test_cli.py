@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from weight_compander.harness import train
-from weight_compander.harness.cli import build_parser, config_from_args, default_run_dir, main
-from weight_compander.harness.progress import Progress, resolve_mode
+from weight_compander.harness.cli import main
+from weight_compander.harness.cli.main import build_parser
+from weight_compander.harness.cli.train import config_from_args, default_run_dir
+from weight_compander.harness.config.settings import TrainConfig
+from weight_compander.harness.run import train
+from weight_compander.harness.run.progress import Progress, resolve_mode
 
 TINY = ["--dataset", "digits", "--model", "mlp", "--epochs", "2", "--batch-size", "64",
         "--train-subset", "300", "--val-size", "100", "--threads", "1"]
@@ -143,6 +146,6 @@ def test_bars_on_a_terminal_and_quiet_prints_nothing(tmp_path, monkeypatch):
 
     quiet = io.StringIO()
     monkeypatch.setattr("sys.stdout", quiet)
-    train.run(train.TrainConfig(**{"epochs": 1, "train_subset": 200, "val_size": 50}),
+    train.run(TrainConfig(**{"epochs": 1, "train_subset": 200, "val_size": 50}),
               tmp_path / "q", progress="quiet")
     assert quiet.getvalue() == ""

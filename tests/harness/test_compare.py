@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
@@ -11,8 +10,12 @@ from pathlib import Path
 import pytest
 
 from support import held_by_another_process
-from weight_compander.harness import compare, train
-from weight_compander.harness.compare import CompareError, load_comparison, run_comparison
+from weight_compander.harness.cli import main
+from weight_compander.harness.compare import workers
+from weight_compander.harness.compare.runner import run_comparison
+from weight_compander.harness.config.comparison import load_comparison
+from weight_compander.harness.errors import CompareError
+from weight_compander.harness.run import train
 
 TINY = """
 name = "tiny"
@@ -43,11 +46,8 @@ def write_toml(tmp_path: Path, text: str = TINY, name: str = "tiny.toml") -> Pat
 
 
 def cli(args: list[str]) -> int:
-    """Parse like `weight-compander compare ...` with only this module's parser."""
-    parser = argparse.ArgumentParser()
-    compare.add_parser(parser.add_subparsers())
-    ns = parser.parse_args(["compare", *args])
-    return ns.func(ns)
+    """`weight-compander compare ...`: its exit code."""
+    return main(["compare", *args])
 
 
 def test_runs_every_variant_and_seed_then_skips_them(tmp_path, monkeypatch):
@@ -124,7 +124,7 @@ def test_jobs_2_runs_in_parallel_processes(tmp_path, capsys):
     # each worker process got its share of the cores, as its run recorded
     meta = json.loads((out / "wc" / "seed0" / "config.json").read_text())["meta"]
     threads = int(re.search(r"(\d+) torch threads", meta["machine"]).group(1))
-    assert threads == max(1, compare._cores() // 2)
+    assert threads == max(1, workers.cores() // 2)
 
 
 def test_a_failed_run_is_reported_and_the_others_continue(tmp_path, capsys):

@@ -5,13 +5,8 @@ import json
 
 import pytest
 
-from weight_compander.harness.config import (
-    DEFAULT_VAL_SIZE,
-    ConfigError,
-    TrainConfig,
-    load_config,
-    parse_value,
-)
+from weight_compander.harness.config.settings import DEFAULT_VAL_SIZE, TrainConfig, load_config, parse_value
+from weight_compander.harness.errors import ConfigError
 
 
 def test_defaults_are_valid_and_resolve_val_size_per_dataset():

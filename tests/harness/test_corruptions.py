@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from weight_compander.harness import corruptions
-from weight_compander.harness.corruptions import CORRUPTIONS, CorruptionError, corrupt
+from weight_compander.harness.errors import CorruptionError
+from weight_compander.harness.ingredients import corruptions
+from weight_compander.harness.ingredients.corruptions import CORRUPTIONS, corrupt
 
 WITHOUT_RANDOMNESS = {"gaussian_blur", "scale", "brightness", "contrast"}
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from weight_compander.harness.data import (
+from weight_compander.harness.errors import DataError
+from weight_compander.harness.ingredients.data import (
     DATASETS,
     FASHION_MNIST_DIR,
-    DataError,
     load_dataset,
     read_cifar_batch,
     read_idx,

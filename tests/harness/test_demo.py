@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from weight_compander.harness import demo
-from weight_compander.harness.compare import comparison_from_dict, load_comparison
+from weight_compander.harness.cli import demo as demo_cli
+from weight_compander.harness.compare import demo
+from weight_compander.harness.config.comparison import comparison_from_dict, load_comparison
 
 
 @pytest.mark.parametrize("toml", ["demo.toml", "demo-digits.toml"])
@@ -41,7 +42,7 @@ def test_without_fashion_mnist_the_demo_says_how_to_get_it(monkeypatch):
 
 def test_quick_demo_runs_end_to_end_and_prints_the_table(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    demo.add_parser(parser.add_subparsers())
+    demo_cli.add_parser(parser.add_subparsers())
     out = tmp_path / "demo"
     ns = parser.parse_args(["demo", "--quick", "--jobs", "1", "--out", str(out)])
     assert ns.func(ns) == 0

@@ -20,9 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from weight_compander.harness import checkpoint, data, distributed, train
 from weight_compander.harness.cli import main
-from weight_compander.harness.config import ConfigError, TrainConfig
+from weight_compander.harness.config.settings import TrainConfig
+from weight_compander.harness.errors import ConfigError
+from weight_compander.harness.ingredients import data
+from weight_compander.harness.run import distributed, metrics, restore, train
+from weight_compander.harness.store import checkpoint
 
 HERE = Path(__file__).parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -83,7 +86,7 @@ def test_two_processes_train_and_only_rank_0_writes(ddp_run):
     # One process rebuilds the final model from the checkpoint and measures the same.
     final = json.loads((run_dir / "final.json").read_text())
     ds = data.load_dataset("digits", val_size=100, train_subset=400)
-    loss, acc = train.evaluate(train.load_model(run_dir), ds.test_x, ds.test_y, 256)
+    loss, acc = metrics.evaluate(restore.load_model(run_dir), ds.test_x, ds.test_y, 256)
     assert acc == final["test_acc"] and loss == pytest.approx(final["test_loss"], abs=1e-6)
 
 

@@ -24,10 +24,12 @@ from pathlib import Path
 import pytest
 
 from support import alive, children
-from weight_compander.harness import augment, checkpoint, train
 from weight_compander.harness.cli import main
-from weight_compander.harness.config import TrainConfig
-from weight_compander.harness.stopping import RunInterrupted
+from weight_compander.harness.config.settings import TrainConfig
+from weight_compander.harness.errors import RunInterrupted
+from weight_compander.harness.ingredients import augment
+from weight_compander.harness.run import train
+from weight_compander.harness.store import checkpoint
 
 WORKER = Path(__file__).with_name("fault_worker.py")
 TIME_KEYS = {"time", "wall_time", "cpu_time", "images_per_second"}
@@ -351,7 +353,8 @@ reparam = "wc"
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc for child processes")
 def test_sigterm_stops_compare_and_its_workers_and_keeps_finished_runs(tmp_path):
-    from weight_compander.harness.compare import load_comparison, run_comparison
+    from weight_compander.harness.compare.runner import run_comparison
+    from weight_compander.harness.config.comparison import load_comparison
 
     toml, out = tmp_path / "stop.toml", tmp_path / "out"
     toml.write_text(STOP_TOML)

@@ -2,8 +2,8 @@
 
 import json
 
-from weight_compander.harness import train
-from weight_compander.harness.config import TrainConfig
+from weight_compander.harness.config.settings import TrainConfig
+from weight_compander.harness.run import train
 
 
 def metrics(run_dir):

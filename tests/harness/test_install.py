@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from weight_compander.harness import demo
+from weight_compander.harness.compare import demo
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK_NUMPY = """
@@ -92,7 +92,8 @@ def test_a_built_wheel_runs_the_demo_outside_the_checkout(tmp_path):
                      "weight_compander/harness/configs/demo-digits.toml", "weight_compander/kernels/tanh.c"):
         assert packaged in names  # fmt: skip
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
-    check = ("import weight_compander.harness.demo as d; data, path, note = d.demo_config(quick=True); "
+    check = ("import weight_compander.harness.compare.demo as d; "
+             "data, path, note = d.demo_config(quick=True); "
              "print(d.__file__); print(path); print(data['defaults']['dataset'])")  # fmt: skip
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 import weight_compander as wc
-from weight_compander.harness import kure, train
-from weight_compander.harness.config import ConfigError, TrainConfig
+from weight_compander.harness.config.settings import TrainConfig
+from weight_compander.harness.errors import ConfigError
+from weight_compander.harness.ingredients import kure
+from weight_compander.harness.run import train
 
 
 def test_kurtosis_matches_hand_computations():

@@ -7,9 +7,11 @@ import json
 import pytest
 import torch
 
-from weight_compander.harness import data, label_noise, train
-from weight_compander.harness.config import ConfigError, TrainConfig
-from weight_compander.harness.label_noise import LabelNoiseError, noisy_labels
+from weight_compander.harness.config.settings import TrainConfig
+from weight_compander.harness.errors import ConfigError, LabelNoiseError
+from weight_compander.harness.ingredients import data, label_noise
+from weight_compander.harness.ingredients.label_noise import noisy_labels
+from weight_compander.harness.run import restore, train
 
 TINY = dict(dataset="digits", model="mlp", epochs=1, batch_size=64, train_subset=400,
             val_size=100, threads=1)
@@ -33,14 +35,14 @@ def test_exactly_round_rate_n_labels_change_with_the_stated_structure(rate, kind
 def test_noise_is_applied_to_train_and_val_labels_never_to_test_and_not_by_run_seed():
     clean = data.load_dataset("digits", val_size=100, train_subset=400)
     cfg = TrainConfig(**TINY, label_noise=0.25, label_noise_kind="pairflip")
-    noisy = train.load_data(cfg)
+    noisy = restore.load_data(cfg)
     assert int((noisy.train_y != clean.train_y).sum()) == 100
     assert int((noisy.val_y != clean.val_y).sum()) == 25
     assert torch.equal(noisy.test_y, clean.test_y) and torch.equal(noisy.train_x, clean.train_x)
     assert "label noise 0.25 pairflip: 100 of 400 training and 25 of 100 validation" in noisy.source
-    other_seed = train.load_data(cfg.replace(seed=7))
+    other_seed = restore.load_data(cfg.replace(seed=7))
     assert torch.equal(other_seed.train_y, noisy.train_y) and torch.equal(other_seed.val_y, noisy.val_y)
-    assert train.load_data(TrainConfig(**TINY)).train_y.equal(clean.train_y)  # default: no noise
+    assert restore.load_data(TrainConfig(**TINY)).train_y.equal(clean.train_y)  # default: no noise
 
 
 def test_a_noisy_run_records_the_noise_in_config_json(tmp_path):

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from weight_compander.harness import data, mechanism, train
-from weight_compander.harness.config import TrainConfig
+from weight_compander.harness.config.settings import TrainConfig
+from weight_compander.harness.ingredients import data
+from weight_compander.harness.run import metrics, restore, train
 
 TINY = dict(dataset="digits", model="mlp", epochs=2, batch_size=64, train_subset=400,
             val_size=100, threads=1, eval_batch_size=256)
@@ -17,15 +18,15 @@ TINY = dict(dataset="digits", model="mlp", epochs=2, batch_size=64, train_subset
 
 def test_label_noise_records_the_true_labels_of_the_flipped_examples():
     clean = data.load_dataset("digits", val_size=100, train_subset=400)
-    noisy = train.load_data(TrainConfig(**TINY, label_noise=0.3))
+    noisy = restore.load_data(TrainConfig(**TINY, label_noise=0.3))
     assert torch.equal(noisy.train_y_clean, clean.train_y)
-    flipped = mechanism.flipped_subset(noisy)
+    flipped = metrics.flipped_subset(noisy)
     assert torch.equal(flipped, (noisy.train_y != clean.train_y).nonzero().flatten())
     assert len(flipped) == 120
-    few = mechanism.flipped_subset(noisy, limit=50)  # a fixed subset of them, in order
+    few = metrics.flipped_subset(noisy, limit=50)  # a fixed subset of them, in order
     assert len(few) == 50 and set(few.tolist()) <= set(flipped.tolist())
-    assert torch.equal(few, few.sort().values) and torch.equal(few, mechanism.flipped_subset(noisy, 50))
-    assert clean.train_y_clean is None and not len(mechanism.flipped_subset(clean))
+    assert torch.equal(few, few.sort().values) and torch.equal(few, metrics.flipped_subset(noisy, 50))
+    assert clean.train_y_clean is None and not len(metrics.flipped_subset(clean))
 
 
 def _lookup_dataset(n: int, k: int) -> data.Dataset:
@@ -45,7 +46,7 @@ def test_memorization_is_the_share_of_flipped_examples_predicted_as_their_wrong_
     model = nn.Sequential(nn.Flatten(), nn.Linear(10, 3, bias=False))
     with torch.no_grad():
         model[1].weight.copy_(nn.functional.one_hot(labels, 3).T.float())
-    out = mechanism.epoch_metrics(model, ds, batch_size=3)
+    out = metrics.epoch_metrics(model, ds, batch_size=3)
     assert out["noisy_memorized"] == (1.0 if answer == "noisy" else 0.0)
     assert out["noisy_true"] == (0.0 if answer == "noisy" else 1.0)
     assert list(out["kurtosis"]) == ["1.weight"]

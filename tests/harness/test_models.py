@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from weight_compander.harness.models import MODELS, build_model, register_model
+from weight_compander.harness.ingredients.models import MODELS, build_model, register_model
 
 IMAGE_MODELS = [n for n in MODELS if n != "cnn1d"]
 # (in_channels, input_size) each model must accept.

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 import weight_compander as wc
-from weight_compander.harness import train
-from weight_compander.harness.compare import comparison_from_dict, run_comparison
-from weight_compander.harness.config import ConfigError, TrainConfig
+from weight_compander.harness.compare.runner import run_comparison
+from weight_compander.harness.config.comparison import comparison_from_dict
+from weight_compander.harness.config.settings import TrainConfig
+from weight_compander.harness.errors import ConfigError
+from weight_compander.harness.run import restore, train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(dataset="digits", model="mlp", epochs=2, batch_size=64, train_subset=400,
@@ -62,7 +64,7 @@ def test_decay_on_the_effective_weight_changes_training_and_is_recorded(tmp_path
     assert raw["test_loss"] != effective["test_loss"]
     saved = json.loads((tmp_path / "eff" / "config.json").read_text())
     assert saved["decay_on"] == "effective" and saved["wc_scale"] == 1.0
-    model = train.load_model(tmp_path / "eff")
+    model = restore.load_model(tmp_path / "eff")
     scales = {row["name"]: row["scale"] for row in wc.stats(model)}
     assert set(scales.values()) == {1.0}  # absolute units on every layer
 
@@ -76,7 +78,7 @@ def test_shared_learnable_hyperparameters_and_the_modified_adam_train(tmp_path):
     hyper = rows[-1]["wc"]
     assert len({json.dumps(h, sort_keys=True) for h in hyper.values()}) == 1  # one (a, b) for all layers
     assert hyper["1.weight"]["a"] != 0.5  # and it was learned
-    model = train.load_model(tmp_path / "r")
+    model = restore.load_model(tmp_path / "r")
     assert len(list(wc.named_hyperparameters(model))) == 2
 
 

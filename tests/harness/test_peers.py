@@ -8,8 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from weight_compander.harness.models import build_model
-from weight_compander.harness.peers import PEERS, WS_EPS, apply_peer
+from weight_compander.harness.ingredients.models import build_model
+from weight_compander.harness.ingredients.peers import PEERS, WS_EPS, apply_peer
 
 CONVS = (nn.Conv1d, nn.Conv2d)
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import weight_compander as wc
-from weight_compander.harness import peers, perturb
-from weight_compander.harness.perturb import PerturbationError
+from weight_compander.harness.errors import PerturbationError
+from weight_compander.harness.ingredients import peers, perturb
 
 
 def net() -> nn.Module:

@@ -12,9 +12,13 @@ from scipy import stats
 
 import weight_compander as wc
 from weight_compander.defaults import TANH_GAIN, TANH_LIMIT
-from weight_compander.harness import report, train
-from weight_compander.harness.compare import load_comparison, run_comparison
-from weight_compander.harness.report import find_runs, paired_difference, write_report
+from weight_compander.harness.cli import report
+from weight_compander.harness.compare.runner import run_comparison
+from weight_compander.harness.config.comparison import load_comparison
+from weight_compander.harness.report.stats import paired_difference
+from weight_compander.harness.report.write import write_report
+from weight_compander.harness.run import restore
+from weight_compander.harness.store.scan import find_runs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -185,7 +189,7 @@ def test_report_on_real_runs(real_runs, capsys):
     for name in ("accuracy", "curves", "weights", "wc-hyper"):
         assert is_png(real_runs / "figures" / f"{name}.png"), name
     # the near-zero table agrees with the library's own statistics for the pooled layers
-    model = train.load_model(real_runs / "wc-fixed" / "seed0")
+    model = restore.load_model(real_runs / "wc-fixed" / "seed0")
     rows = wc.stats(model)
     sizes = [w.numel() for w, _ in wc.weights(model).values()]
     near = sum(r["near_zero"] * n for r, n in zip(rows, sizes, strict=True)) / sum(sizes)
@@ -193,7 +197,7 @@ def test_report_on_real_runs(real_runs, capsys):
 
 
 def test_layer_option(real_runs):
-    names = list(wc.weights(train.load_model(real_runs / "wc-learn" / "seed0")))
+    names = list(wc.weights(restore.load_model(real_runs / "wc-learn" / "seed0")))
     assert len(names) >= 2
     before = (real_runs / "figures" / "weights.png")
     write_report(real_runs, layer=names[-1])

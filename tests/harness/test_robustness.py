@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from weight_compander.harness import cli, robustness
-from weight_compander.harness.compare import (
-    CompareError,
-    comparison_from_dict,
-    load_comparison,
-    run_comparison,
-)
-from weight_compander.harness.report import find_runs
+from weight_compander.harness import cli
+from weight_compander.harness.compare.runner import run_comparison
+from weight_compander.harness.config.comparison import comparison_from_dict, load_comparison
+from weight_compander.harness.config.suite import FAMILIES, SUITE_VERSION, Suite
+from weight_compander.harness.errors import CompareError
+from weight_compander.harness.evaluate import robustness
+from weight_compander.harness.store.scan import find_runs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 COMPARISON = """
@@ -78,9 +77,9 @@ def test_compare_runs_the_suite_on_every_run_and_report_shows_tables_and_figures
     assert len(runs) == 6
     for run in runs:
         e = entry(run.path)
-        assert e["suite"]["version"] == robustness.SUITE_VERSION and e["weights"] == "final"
+        assert e["suite"]["version"] == SUITE_VERSION and e["weights"] == "final"
         assert e["images"] == 150 and e["test_images"] == 359 and e["epoch"] == 2
-        assert set(e["summary"]) == set(robustness.FAMILIES)
+        assert set(e["summary"]) == set(FAMILIES)
         assert len(e["results"]) == 11 * 3 + 5 + 5 + 4 + 4 + 3
         assert all(0 <= r["acc"] <= 1 for r in e["results"])
     report = (trained / "report.md").read_text()
@@ -139,7 +138,7 @@ def test_a_crash_mid_way_keeps_finished_results_and_leaves_no_half_written_file(
 
     monkeypatch.setattr(robustness, "evaluate_run", crash_on_second)
     with pytest.raises(RuntimeError):
-        suite = robustness.Suite(images=50, families=("weight-noise",))
+        suite = Suite(images=50, families=("weight-noise",))
         robustness.evaluate_runs(find_runs(folder)[0], suite, progress="quiet")
     assert len(list(folder.rglob("robustness.json"))) == 1 and not list(folder.rglob(".*.tmp"))
 
@@ -183,7 +182,7 @@ def test_a_comparison_file_can_ask_for_every_test_image():
     """TOML has no None: images = "all" is the whole test set, the same suite as --images all."""
     base = {"seeds": [0], "variants": {"base": {}}}
     options = comparison_from_dict({**base, "robustness": {"images": "all"}}).robustness
-    suite = robustness.Suite.from_options(options)
-    assert suite.images is None and suite.fingerprint() == robustness.Suite(images=None).fingerprint()
+    suite = Suite.from_options(options)
+    assert suite.images is None and suite.fingerprint() == Suite(images=None).fingerprint()
     with pytest.raises(CompareError, match=r"images: must be an integer >= 1 or \"all\".*'some'"):
         comparison_from_dict({**base, "robustness": {"images": "some"}})

@@ -16,12 +16,15 @@ from pathlib import Path
 import pytest
 
 from support import held_by_another_process
-from weight_compander.harness import atomic, checkpoint, distributed, train
 from weight_compander.harness.cli import main
-from weight_compander.harness.compare import CompareError, load_comparison, run_comparison
-from weight_compander.harness.config import TrainConfig
-from weight_compander.harness.report import markdown_tables, scan_runs
-from weight_compander.harness.stopping import RunInterrupted
+from weight_compander.harness.compare.runner import run_comparison
+from weight_compander.harness.config.comparison import load_comparison
+from weight_compander.harness.config.settings import TrainConfig
+from weight_compander.harness.errors import CheckpointError, CompareError, RunInterrupted
+from weight_compander.harness.report.tables import markdown_tables
+from weight_compander.harness.run import distributed, train
+from weight_compander.harness.store import atomic, checkpoint
+from weight_compander.harness.store.scan import scan_runs
 
 TINY = dict(dataset="digits", model="mlp", epochs=1, batch_size=100, train_subset=200,
             val_size=100, threads=1, eval_batch_size=256)
@@ -393,7 +396,7 @@ def test_unclear_errors_are_clear(tmp_path, capsys):
 def test_unreadable_checkpoints_say_how_to_restart_and_never_suggest_weights_only(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
     (tmp_path / "checkpoint-prev.pt").write_bytes(b"")
-    with pytest.raises(checkpoint.CheckpointError) as info:
+    with pytest.raises(CheckpointError) as info:
         checkpoint.load_latest(tmp_path)
     text = str(info.value)
     assert "delete checkpoint.pt and checkpoint-prev.pt to restart the run" in text

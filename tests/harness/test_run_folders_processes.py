@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from support import alive, children
-from weight_compander.harness import checkpoint
+from weight_compander.harness.store import checkpoint
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/task").exists() or not hasattr(os, "fork"),
@@ -55,7 +55,8 @@ reparam = "wc"
 SERVER = r"""
 import json, os, sys, threading
 import sklearn.datasets, torch._dynamo  # the slow imports, once, before forking
-from weight_compander.harness import cli, compare, report, train
+from weight_compander.harness import cli
+from weight_compander.harness.run import train
 print(f"ready {sys.stdout.encoding}", flush=True)
 lock = threading.Lock()
 def reap(pid):

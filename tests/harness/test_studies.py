@@ -13,9 +13,13 @@ from pathlib import Path
 import pytest
 
 from support import held_by_another_process
-from weight_compander.harness import robustness, status, train
-from weight_compander.harness.compare import load_comparison, run_comparison
-from weight_compander.harness.report import write_report
+from weight_compander.harness.cli import status as status_cli
+from weight_compander.harness.compare import status
+from weight_compander.harness.compare.runner import run_comparison
+from weight_compander.harness.config.comparison import load_comparison
+from weight_compander.harness.evaluate import robustness
+from weight_compander.harness.report.write import write_report
+from weight_compander.harness.run import train
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_FILES = {"config.json", "metrics.jsonl", "final.json", "robustness.json"}
@@ -133,7 +137,7 @@ def test_status_of_the_clone_with_a_larger_plan(committed, capsys):
         (v, s) for v in ("base", "wc") for s in (0, 1))
 
     parser = argparse.ArgumentParser()
-    status.add_parser(parser.add_subparsers())
+    status_cli.add_parser(parser.add_subparsers())
     ns = parser.parse_args(["status", str(folder), "--config", str(clone / "configs" / "more.toml")])
     assert ns.func(ns) == 0
     text = capsys.readouterr().out

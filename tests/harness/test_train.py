@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from weight_compander import state as layout
-from weight_compander.harness import checkpoint, train
-from weight_compander.harness.config import TrainConfig
-from weight_compander.harness.train import NonFiniteLossError, RunFolderError
+from weight_compander.harness.config.settings import TrainConfig
+from weight_compander.harness.errors import NonFiniteLossError, RunFolderError
+from weight_compander.harness.run import loop, restore, train
+from weight_compander.harness.run import metrics as run_metrics
+from weight_compander.harness.store import checkpoint
 
 TIME_KEYS = {"time", "wall_time", "cpu_time", "images_per_second"}
 
@@ -110,7 +112,7 @@ def test_run_folders_written_before_checkpoint_layout_2_resume_the_same(tmp_path
     whole = train.run(cfg, tmp_path / "whole", progress="quiet")
     interrupted(cfg, tmp_path / "cut", monkeypatch)
     state = checkpoint.load(tmp_path / "cut" / checkpoint.CHECKPOINT)
-    model = train.load_model(tmp_path / "cut")
+    model = restore.load_model(tmp_path / "cut")
     for module in model.modules():  # what state_dict gave before layout 2
         layout.detach(module)
     state["model"] = model.state_dict()
@@ -129,7 +131,7 @@ def test_resume_refuses_other_config_and_fresh_run_refuses_used_folder(tmp_path)
 
 
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path, monkeypatch):
-    real_ce, calls = train.F.cross_entropy, []
+    real_ce, calls = loop.F.cross_entropy, []
 
     def ce(*args, **kwargs):  # the 3rd step of epoch 2 (6 steps per epoch) diverges
         loss = real_ce(*args, **kwargs)
@@ -138,7 +140,7 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path
         calls.append(1)
         return loss * float("nan") if len(calls) == 9 else loss
 
-    monkeypatch.setattr(train.F, "cross_entropy", ce)
+    monkeypatch.setattr(loop.F, "cross_entropy", ce)
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 9") as info:
         train.run(tiny(), tmp_path / "r", progress="quiet")
     assert (info.value.epoch, info.value.step) == (2, 9)
@@ -163,10 +165,10 @@ def test_huge_learning_rate_diverges_cleanly(tmp_path):
 def test_variants_train_and_load_model_rebuilds_the_final_model(tmp_path, changes):
     cfg = tiny(epochs=1, **changes)
     final = train.run(cfg, tmp_path / "r", progress="quiet")
-    model = train.load_model(tmp_path / "r")
+    model = restore.load_model(tmp_path / "r")
     assert not model.training
-    from weight_compander.harness import data
+    from weight_compander.harness.ingredients import data
 
     ds = data.load_dataset("digits", val_size=100, train_subset=400)
-    loss, acc = train.evaluate(model, ds.test_x, ds.test_y, 256)
+    loss, acc = run_metrics.evaluate(model, ds.test_x, ds.test_y, 256)
     assert (loss, acc) == (final["test_loss"], final["test_acc"])

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from transformers.modeling_utils import PreTrainedModel
 
-from .. import api, state
-from ..parametrization import Compander, SharedCompander, make_picklable
+from .. import registration
+from ..parametrization import Compander, SharedCompander
 from ..selection import companded_entries
 
 __all__ = ["attach", "detach"]
@@ -133,7 +133,7 @@ class _ResizeTokenEmbeddings:
         if not saved or (new_num_tokens is None and pad_to_multiple_of is None):
             return resize(model, new_num_tokens, pad_to_multiple_of, mean_resizing)
         entries = [e for e in companded_entries(model) if e.module in self._modules().values()]
-        api._remove_entries(entries, bake=True)
+        registration.remove_entries(entries, bake=True)
         try:
             embeddings = resize(model, new_num_tokens, pad_to_multiple_of, mean_resizing)
         finally:
@@ -173,21 +173,13 @@ class _ResizeTokenEmbeddings:
                     f"the {item.role} embeddings were tied before resizing and are not any more."
                 )
             _resize_channels(item.compander, weight.shape[0])
-            order = tuple(module._parameters)
-            parametrize.register_parametrization(module, "weight", item.compander)
-            item.compander.parameter_order = order
+            registration.register(module, "weight", item.compander)
             rows = min(item.raw.shape[0], weight.shape[0])
             with torch.no_grad():
                 module.parametrizations.weight.original[:rows] = item.raw[:rows].to(weight.dtype)
-            make_picklable(module)
-            state.attach(module)
             for role, other in modules.items():  # its tied partner
                 if role != item.role and other._parameters.get("weight") is weight:
-                    shared = SharedCompander(item.compander)
-                    shared.parameter_order = tuple(other._parameters)
-                    parametrize.register_parametrization(other, "weight", shared)
-                    make_picklable(other)
-                    state.attach(other)
+                    registration.register_shared(other, "weight", item.compander)
 
 
 def _resize_channels(compander: Compander, rows: int) -> None:
