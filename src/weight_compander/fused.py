@@ -35,25 +35,75 @@ from . import cpu_kernel
 
 
 class _TanhTorch(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor) -> Tensor:
-        bound = scale * limit
-        y = torch.abs(v).mul_(-2 * gain / bound)  # -2|u|, even in v by construction
-        q = torch.sigmoid(y)  # sigmoid(-2|u|) in (0, 1/2]
-        w = y.expm1_()  # expm1(-2|u|) in (-1, 0], exact near 0
-        w.addcmul_(w, q, value=-1.0)  # expm1 * (1 - q) = -tanh|u|, in place
-        w.mul_(-bound).copysign_(v)  # s*L*tanh|u| with the sign of v: odd to the last bit
-        ctx.save_for_backward(v, q, scale, gain, limit)
-        return w
+    # forward, setup_context and backward are torch operations, so torch.func may vmap them
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, grad_w: Tensor):
+    def forward(v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor) -> tuple[Tensor, Tensor]:
+        bound = scale * limit
+        # -2|u|, even in v by construction; out of place first, so vmap may batch v or gain alone
+        y = torch.mul(v, -2 * gain / bound).abs_().neg_()
+        q = torch.sigmoid(y)  # sigmoid(-2|u|) in (0, 1/2]
+        w = y.expm1_()  # expm1(-2|u|) in (-1, 0], exact near 0
+        w = torch.addcmul(w, w, q, value=-1.0)  # expm1 * (1 - q) = -tanh|u| (vmap has no addcmul_ rule)
+        w.mul_(-bound).copysign_(v)  # s*L*tanh|u| with the sign of v: odd to the last bit
+        return w, q
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        v, scale, gain, limit = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zero tensor for q's (absent) gradient
+        ctx.save_for_backward(v, output[1], scale, gain, limit)
+
+    @staticmethod
+    def backward(ctx, grad_w: Tensor | None, _grad_q: None):
         v, q, scale, gain, limit = ctx.saved_tensors
+        if grad_w is None:
+            return None, None, None, None
+        if _differentiating_backward():
+            return _differentiable_backward(ctx.needs_input_grad, grad_w, v, scale, gain, limit)
         grad_v = torch.addcmul(q, q, q, value=-1.0).mul_(4 * gain).mul_(grad_w)  # dw/dv = 4g q(1 - q)
         grad_gain = grad_limit = None
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
             grad_gain, grad_limit = _hyperparameter_gradients(grad_w, v, scale, gain, limit)
         return grad_v, None, grad_gain, grad_limit
+
+
+def _differentiating_backward() -> bool:
+    """Whether autograd will differentiate this backward (``create_graph=True``, or a torch.func
+    transform, which always builds the graph): then it must be torch operations of the inputs."""
+    return torch.is_grad_enabled() or _functorch_active()
+
+
+def _differentiable_backward(
+    needs_input_grad, grad_w: Tensor, v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor
+):
+    """The backward as differentiable torch operations, for second derivatives and torch.func.
+
+    The same analytic derivatives and float64 arithmetic as the fast backward (whole-tensor float64
+    temporaries instead of chunks or the C kernel), so autograd differentiates them once more:
+    d^2 w / dv^2, the mixed hyperparameter terms and the dependence on the upstream gradient.
+    Scale and hyperparameters may broadcast along any axis; the sums reduce to their shapes.
+    """
+    s, g, limit64 = scale.double(), gain.double(), limit.double()
+    v64, grad64 = v.double(), grad_w.double()
+    a = torch.abs(v64 * (g / (s * limit64)))
+    e = torch.exp(-2 * a)
+    r = 1 / (1 + e)
+    sech2 = 4 * e * r * r
+    grad_v = (grad64 * g * sech2).to(v.dtype) if needs_input_grad[0] else None
+    grad_gain = grad_limit = None
+    if needs_input_grad[2]:
+        grad_gain = _sum_to(grad64 * v64 * sech2, gain)
+    if needs_input_grad[3]:  # dw/dL = s (tanh(a) - a sech^2(a)) sign(v)
+        grad_limit = _sum_to(grad64 * (s * ((1 - e) * r - a * sech2)).copysign(v64), limit)
+    return grad_v, None, grad_gain, grad_limit
+
+
+def _sum_to(terms: Tensor, like: Tensor) -> Tensor:
+    """Elementwise gradient terms summed to a (broadcasting) hyperparameter's shape and dtype."""
+    return terms.sum_to_size(like.shape).to(like.dtype)
 
 
 _CHUNK = 1 << 16  # elements per float64 work chunk: small enough to stay in cache
@@ -92,17 +142,19 @@ class _TanhKernel(torch.autograd.Function):
         rows = _rows(v, scale, gain, limit)
         bound, g = _per_row(scale * limit, rows), _per_row(gain, rows)
         k = (g / bound).float()
-        ctx.kernel = kernel
-        ctx.save_for_backward(v, k, bound, g, gain, limit)
+        ctx.kernel, ctx.k, ctx.bound, ctx.g = kernel, k, bound, g
+        ctx.save_for_backward(v, scale, gain, limit)
         return kernel.forward(v, k, bound.float())
 
     @staticmethod
     def backward(ctx, grad_w: Tensor):
-        v, k, bound, g, gain, limit = ctx.saved_tensors
+        v, scale, gain, limit = ctx.saved_tensors
+        if _differentiating_backward():
+            return (*_differentiable_backward(ctx.needs_input_grad, grad_w, v, scale, gain, limit), None)
         want_gain, want_limit = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
         if not (want_gain or want_limit):
-            return ctx.kernel.backward(grad_w.contiguous(), v, k, g.float()), None, None, None, None
-        grad_v, sums = ctx.kernel.backward_sums(grad_w.contiguous(), v, bound, g)
+            return ctx.kernel.backward(grad_w.contiguous(), v, ctx.k, ctx.g.float()), None, None, None, None
+        grad_v, sums = ctx.kernel.backward_sums(grad_w.contiguous(), v, ctx.bound, ctx.g)
         grad_gain = _per_hyper(sums[:, 0], gain) if want_gain else None
         grad_limit = _per_hyper(sums[:, 1], limit) / limit if want_limit else None
         return grad_v, None, grad_gain, grad_limit, None
@@ -110,7 +162,30 @@ class _TanhKernel(torch.autograd.Function):
 
 def _rows(v: Tensor, *hyper: Tensor) -> int:
     """1 if every hyperparameter (and the scale) is one value, else one row per index of dim 0."""
-    return v.shape[0] if any(h.dim() > 0 for h in hyper) else 1
+    rows = 1
+    for h in hyper:
+        if h.numel() > 1:
+            if channel_axis(v, h) != 0:
+                raise ValueError(
+                    f"fused_tanh takes s and hyperparameters of one value or one per index of dim 0 of "
+                    f"v {tuple(v.shape)}; got shape {tuple(h.shape)}. Kind.compand moves other channel "
+                    "axes to dim 0 first."
+                )
+            rows = v.shape[0]
+    return rows
+
+
+def channel_axis(v: Tensor, *params: Tensor) -> int | None:
+    """The one axis of ``v`` along which the (broadcasting) params vary: 0 if none varies, None if
+    several do or a size differs from ``v``'s (no fused path handles those)."""
+    axes = set()
+    for p in params:
+        shape = (1,) * (v.dim() - p.dim()) + tuple(p.shape)
+        varying = [d for d, n in enumerate(shape) if n != 1]
+        if len(shape) != v.dim() or any(shape[d] != v.shape[d] for d in varying):
+            return None
+        axes.update(varying)
+    return axes.pop() if len(axes) == 1 else (0 if not axes else None)
 
 
 def _per_row(x: Tensor, rows: int) -> Tensor:
@@ -125,12 +200,14 @@ def _per_hyper(row_sums: Tensor, like: Tensor) -> Tensor:
 
 
 def _kernel_for(v: Tensor, *hyper: Tensor):
-    """The CPU kernel if it can run this call, else None."""
+    """The CPU kernel if it can run this call, else None (the torch path)."""
     if not (v.device.type == "cpu" and v.dtype == torch.float32 and v.is_contiguous() and v.numel()):
         return None
     if any(h.device.type != "cpu" or not h.is_floating_point() for h in hyper):
         return None
     if _compiling():  # let torch.compile trace (and fuse) the torch path instead
+        return None
+    if _functorch_active():  # torch.func wraps tensors (no data pointer) and needs vmap rules
         return None
     return cpu_kernel.load()
 
@@ -140,17 +217,24 @@ def _compiling() -> bool:
     return bool(is_compiling and is_compiling())
 
 
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, ...) is running."""
+    return torch._C._are_functorch_transforms_active()
+
+
 def fused_tanh(v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor) -> Tensor:
     """``s * L * tanh(g * v / (s * L))`` with an analytic backward, exactly odd and float32-exact.
 
     ``scale``, ``gain`` and ``limit`` are one value each or one per index of dim 0 of ``v``.
+    Second derivatives (``create_graph=True``) and torch.func transforms work on every path.
     """
     kernel = _kernel_for(v, scale, gain, limit)
     if kernel is None:
-        return _TanhTorch.apply(v, scale, gain, limit)
+        return fused_tanh_torch(v, scale, gain, limit)
     return _TanhKernel.apply(v, scale, gain, limit, kernel)
 
 
 def fused_tanh_torch(v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor) -> Tensor:
     """The same function as ``fused_tanh``, always as torch operations (benchmarks, tests)."""
-    return _TanhTorch.apply(v, scale, gain, limit)
+    _rows(v, scale, gain, limit)  # the same shape contract as the kernel path
+    return _TanhTorch.apply(v, scale, gain, limit)[0]

@@ -58,12 +58,7 @@ class Compander(nn.Module):
         return values
 
     def forward(self, v: Tensor) -> Tensor:
-        spec, hyper = get_kind(self.kind), self.hyperparameter_values()
-        if spec.fused is not None and not _rows_or_scalar(v, hyper):
-            # A fused backward reduces per-channel gradients over dim 0 only; channels along
-            # another axis (ConvTranspose, transformers' Conv1D) take the autograd path.
-            return self.scale * spec.forward(v / self.scale, **hyper)
-        return spec.compand(v, self.scale, hyper)
+        return get_kind(self.kind).compand(v, self.scale, self.hyperparameter_values())
 
     @torch.no_grad()
     def right_inverse(self, w: Tensor) -> Tensor:
@@ -81,11 +76,6 @@ class Compander(nn.Module):
         if self.learnable:
             parts.append(f"learnable=({', '.join(self.learnable)})")
         return ", ".join(parts)
-
-
-def _rows_or_scalar(v: Tensor, hyper: Mapping[str, Tensor]) -> bool:
-    """Every hyperparameter is one value, or one per index of dim 0 of ``v``."""
-    return all(h.dim() == 0 or (h.shape[0] == v.shape[0] and h.numel() == v.shape[0]) for h in hyper.values())
 
 
 class SharedCompander(nn.Module):
