@@ -28,6 +28,8 @@ were 6e-5 and 9e-5 off float64 on a random 1024x1024 weight (``benchmarks/precis
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 from torch import Tensor
 
@@ -106,6 +108,7 @@ def _sum_to(terms: Tensor, like: Tensor) -> Tensor:
     return terms.sum_to_size(like.shape).to(like.dtype)
 
 
+_ONE_ROW = ctypes.c_double * 4
 _CHUNK = 1 << 16  # elements per float64 work chunk: small enough to stay in cache
 
 
@@ -139,12 +142,10 @@ def _hyperparameter_gradients(grad_w: Tensor, v: Tensor, scale: Tensor, gain: Te
 class _TanhKernel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor, kernel) -> Tensor:
-        rows = _rows(v, scale, gain, limit)
-        bound, g = _per_row(scale * limit, rows), _per_row(gain, rows)
-        k = (g / bound).float()
-        ctx.kernel, ctx.k, ctx.bound, ctx.g = kernel, k, bound, g
+        params = _kernel_params(v, scale, gain, limit)
+        ctx.kernel, ctx.params = kernel, params
         ctx.save_for_backward(v, scale, gain, limit)
-        return kernel.forward(v, k, bound.float())
+        return kernel.forward(v, params)
 
     @staticmethod
     def backward(ctx, grad_w: Tensor):
@@ -153,11 +154,21 @@ class _TanhKernel(torch.autograd.Function):
             return (*_differentiable_backward(ctx.needs_input_grad, grad_w, v, scale, gain, limit), None)
         want_gain, want_limit = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
         if not (want_gain or want_limit):
-            return ctx.kernel.backward(grad_w.contiguous(), v, ctx.k, ctx.g.float()), None, None, None, None
-        grad_v, sums = ctx.kernel.backward_sums(grad_w.contiguous(), v, ctx.bound, ctx.g)
+            return ctx.kernel.backward(grad_w.contiguous(), v, ctx.params), None, None, None, None
+        grad_v, sums = ctx.kernel.backward_sums(grad_w.contiguous(), v, ctx.params)
         grad_gain = _per_hyper(sums[:, 0], gain) if want_gain else None
-        grad_limit = _per_hyper(sums[:, 1], limit) / limit if want_limit else None
+        grad_limit = _per_hyper(sums[:, 1], limit) if want_limit else None
         return grad_v, None, grad_gain, grad_limit, None
+
+
+def _kernel_params(v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor) -> cpu_kernel.Params:
+    """Each row's s, g, L and k = g / (s L) in float64, for the C kernel (see ``TanhKernel``)."""
+    rows = _rows(v, scale, gain, limit)
+    if rows == 1:  # Python floats: a few microseconds less per call than tensor operations
+        s, g, L = scale.item(), gain.item(), limit.item()
+        return _ONE_ROW(s, g, L, g / (s * L))
+    s, g, L = (_per_row(x, rows) for x in (scale, gain, limit))
+    return torch.stack([s, g, L, g / (s * L)], dim=1)
 
 
 def _rows(v: Tensor, *hyper: Tensor) -> int:
@@ -178,6 +189,8 @@ def _rows(v: Tensor, *hyper: Tensor) -> int:
 def channel_axis(v: Tensor, *params: Tensor) -> int | None:
     """The one axis of ``v`` along which the (broadcasting) params vary: 0 if none varies, None if
     several do or a size differs from ``v``'s (no fused path handles those)."""
+    if all(p.dim() == 0 for p in params):
+        return 0
     axes = set()
     for p in params:
         shape = (1,) * (v.dim() - p.dim()) + tuple(p.shape)
@@ -195,8 +208,9 @@ def _per_row(x: Tensor, rows: int) -> Tensor:
 
 def _per_hyper(row_sums: Tensor, like: Tensor) -> Tensor:
     """Per-row sums reduced to the hyperparameter's shape (one value, or one per row)."""
-    total = row_sums.sum().reshape(like.shape) if like.numel() == 1 else row_sums.view(like.shape)
-    return total.to(like.dtype)
+    if like.numel() > 1:
+        return row_sums.view(like.shape).to(like.dtype)
+    return (row_sums.sum() if row_sums.numel() > 1 else row_sums).reshape(like.shape).to(like.dtype)
 
 
 def _kernel_for(v: Tensor, *hyper: Tensor):

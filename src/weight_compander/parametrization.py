@@ -53,8 +53,8 @@ class Compander(nn.Module):
         """Current hyperparameter values (differentiable for learnable ones)."""
         values = {}
         for name, spec in get_kind(self.kind).hyperparameters.items():
-            raw = getattr(self, f"raw_{name}", None)
-            values[name] = getattr(self, name) if raw is None else raw.exp() + spec.lower
+            raw = self._parameters.get(f"raw_{name}")  # not getattr: cheaper, called every forward
+            values[name] = self._buffers[name] if raw is None else raw.exp() + spec.lower
         return values
 
     def forward(self, v: Tensor) -> Tensor:
