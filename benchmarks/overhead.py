@@ -4,6 +4,7 @@
     python benchmarks/overhead.py --json out.json # also write the numbers
     python benchmarks/overhead.py --torch-path    # also the tanh as torch operations (no C kernel)
     python benchmarks/overhead.py --before-issue-12  # also the inexact tanh used before issue 12
+    python benchmarks/overhead.py --threads 1     # torch and the kernel on one thread
 
 Two models, batch 128: a small CNN on 28x28 input (compute-bound) and an MLP 784-1024-1024-10
 (1.8 M weights, little compute per weight: the worst case for an elementwise reparameterization).
@@ -182,11 +183,15 @@ def print_results(results: dict) -> None:
 def parse_args(
     doc: str | None, steps: int, argv: list[str] | None, torch_path: bool = False
 ) -> argparse.Namespace:
-    """The command line every benchmark here shares: --rounds, --steps, --json (and --torch-path)."""
+    """The command line every benchmark here shares: --rounds, --steps, --json, --threads (which it
+    applies) and, for overhead.py, --torch-path and --before-issue-12."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
     parser.add_argument("--steps", type=int, default=steps, help=f"steps per block (default {steps})")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument(
+        "--threads", type=int, help="torch's thread count (default: torch's; 1 is steadier on a busy machine)"
+    )
     if torch_path:
         parser.add_argument(
             "--torch-path", action="store_true",
@@ -196,7 +201,10 @@ def parse_args(
             "--before-issue-12", action="store_true",
             help="also time the inexact sigmoid-based tanh the library used before issue 12",
         )  # fmt: skip
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def write_json(results: dict, path: str | None) -> None:

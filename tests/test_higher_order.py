@@ -105,3 +105,26 @@ def test_torch_func_grad_vmap_and_jacrev_match_the_formula(kind, dtype):
     for got, want in zip(results[::2], results[1::2], strict=True):
         for name in params:
             assert torch.allclose(got[name], want[name], **tol), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32-kernel", "float64-torch"])
+def test_vectorized_jacobian_and_hessian_match_the_formula(dtype):
+    """torch.autograd.functional with vectorize=True batches the upstream gradient (legacy vmap):
+    the backward must take it as torch operations, not hand it to the C kernel."""
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(4, 3, generator=gen, dtype=dtype)
+    s, g, L = (torch.tensor(x, dtype=dtype) for x in (0.5, 1.5, 2.0))
+    spec, formula = wc.get_kind("tanh"), wc.get_kind(formula_kind("tanh"))
+
+    def companded(v):
+        return spec.compand(v, s, {"gain": g, "limit": L})
+
+    def plain(v):
+        return formula.compand(v.double(), s.double(), {"gain": g.double(), "limit": L.double()})
+
+    functional = torch.autograd.functional
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    got = functional.jacobian(companded, v, vectorize=True)
+    assert torch.allclose(got.double(), functional.jacobian(plain, v.double()), **tol)
+    got = functional.hessian(lambda v: companded(v).sum(), v, vectorize=True)
+    assert torch.allclose(got.double(), functional.hessian(lambda v: plain(v).sum(), v.double()), **tol)

@@ -9,10 +9,20 @@ promises exactly: odd to the last bit, and within float32's relative precision o
 
 * CPU, float32, contiguous (training on CPU): the C kernel of ``cpu_kernel.py``, one pass over
   the weights forward and one backward.
-* Anything else (CUDA, float64, a machine without a C compiler, ``torch.compile`` tracing): the
-  same function as torch operations. It works on ``a = |u|`` and copies the sign of ``v`` back
-  (odd by construction), ``tanh(a) = -expm1(-2a) * (1 - q)`` with ``q = sigmoid(-2a)`` has no
-  cancellation, and ``dw/dv = 4g * q(1 - q)`` reuses ``q``.
+* Anything else (CUDA, float64, a machine without a C compiler, ``torch.compile`` tracing,
+  ``torch.func`` transforms): the same function as torch operations. It works on ``a = |u|`` and
+  copies the sign of ``v`` back (odd by construction), ``tanh(a) = -expm1(-2a) * (1 - q)`` with
+  ``q = sigmoid(-2a)`` has no cancellation, and ``dw/dv = 4g * q(1 - q)`` reuses ``q``.
+
+Scale and hyperparameters are one value each or one per index of dim 0 (``Kind.compand`` moves
+output channels on another axis, as ConvTranspose and transformers' Conv1D keep them, to dim 0).
+
+Second derivatives: the fast backwards above are not differentiable (the C kernel; a saved ``q``
+without history). Where autograd will differentiate the backward (``create_graph=True``, which
+Hessian-vector products use, and every ``torch.func`` transform), both Functions run
+``_differentiable_backward`` instead: the same analytic derivatives as torch operations of the
+inputs, so autograd's derivative of it is the exact second derivative. ``_TanhTorch`` has
+``setup_context`` and a generated vmap rule, so ``torch.func.grad``, ``vmap`` and ``jacrev`` work.
 
 Both give the hyperparameter gradients as one sum each over the weights (per tensor or per
 output channel), of float64 terms in float64:
@@ -63,7 +73,7 @@ class _TanhTorch(torch.autograd.Function):
         v, q, scale, gain, limit = ctx.saved_tensors
         if grad_w is None:
             return None, None, None, None
-        if _differentiating_backward():
+        if _differentiating_backward(grad_w):
             return _differentiable_backward(ctx.needs_input_grad, grad_w, v, scale, gain, limit)
         grad_v = torch.addcmul(q, q, q, value=-1.0).mul_(4 * gain).mul_(grad_w)  # dw/dv = 4g q(1 - q)
         grad_gain = grad_limit = None
@@ -72,10 +82,13 @@ class _TanhTorch(torch.autograd.Function):
         return grad_v, None, grad_gain, grad_limit
 
 
-def _differentiating_backward() -> bool:
-    """Whether autograd will differentiate this backward (``create_graph=True``, or a torch.func
-    transform, which always builds the graph): then it must be torch operations of the inputs."""
-    return torch.is_grad_enabled() or _functorch_active()
+def _differentiating_backward(grad_w: Tensor) -> bool:
+    """Whether this backward must be torch operations of its inputs: autograd will differentiate
+    it (``create_graph=True``, or a torch.func transform, which always builds the graph), or vmap
+    batches the upstream gradient (``is_grads_batched``, ``autograd.functional.jacobian``)."""
+    functorch = torch._C._functorch
+    batched = functorch.is_functorch_wrapped_tensor(grad_w) or functorch.is_legacy_batchedtensor(grad_w)
+    return torch.is_grad_enabled() or _functorch_active() or batched
 
 
 def _differentiable_backward(
@@ -150,7 +163,7 @@ class _TanhKernel(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_w: Tensor):
         v, scale, gain, limit = ctx.saved_tensors
-        if _differentiating_backward():
+        if _differentiating_backward(grad_w):
             return (*_differentiable_backward(ctx.needs_input_grad, grad_w, v, scale, gain, limit), None)
         want_gain, want_limit = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
         if not (want_gain or want_limit):
