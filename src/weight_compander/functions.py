@@ -120,7 +120,9 @@ def register_kind(
         hyperparameters: name -> default value (a positive number) or a ``Hyperparameter``.
         bound: the hyperparameter that bounds ``|phi|``, for bounded kinds.
         fused: optional fast path ``fused(v, s, **hyper) -> w`` computing the same values as
-            ``s * forward(v / s)`` (e.g. with an analytic backward).
+            ``s * forward(v / s)`` (e.g. with an analytic backward, which should then also give
+            second derivatives: ``fused.py`` shows how). ``s`` and the hyperparameters it gets
+            are one value each or one per index of dim 0 of ``v``.
         replace: allow replacing an existing kind of that name.
 
     Example::

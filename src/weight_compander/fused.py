@@ -53,11 +53,14 @@ class _TanhTorch(torch.autograd.Function):
     @staticmethod
     def forward(v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor) -> tuple[Tensor, Tensor]:
         bound = scale * limit
-        # -2|u|, even in v by construction; out of place first, so vmap may batch v or gain alone
-        y = torch.mul(v, -2 * gain / bound).abs_().neg_()
+        # in place where it saves memory traffic; under torch.func out of place where vmap could
+        # batch one operand alone (then an in-place result cannot hold it) or has no rule (addcmul_)
+        batchable = _functorch_active()
+        y, k = torch.abs(v), -2 * gain / bound
+        y = y * k if batchable else y.mul_(k)  # -2|u|, even in v by construction
         q = torch.sigmoid(y)  # sigmoid(-2|u|) in (0, 1/2]
         w = y.expm1_()  # expm1(-2|u|) in (-1, 0], exact near 0
-        w = torch.addcmul(w, w, q, value=-1.0)  # expm1 * (1 - q) = -tanh|u| (vmap has no addcmul_ rule)
+        w = torch.addcmul(w, w, q, value=-1.0) if batchable else w.addcmul_(w, q, value=-1.0)  # -tanh|u|
         w.mul_(-bound).copysign_(v)  # s*L*tanh|u| with the sign of v: odd to the last bit
         return w, q
 
