@@ -33,7 +33,7 @@ output channel), of float64 terms in float64:
 Such a sum adds a million terms of both signs and may cancel to 1 % of its terms'
 root-sum-square; float32 terms carry a few 1e-7 of error each, which that cancellation makes
 1e-5 of the sum. The earlier float32 ``<dLoss/dv, v> / g`` and ``(<dLoss/dw, w> - <dLoss/dv, v>) / L``
-were 6e-5 and 9e-5 off float64 on a random 1024x1024 weight (``benchmarks/precision.py``).
+were 6e-5 to 9e-5 off float64 on a random 1024x1024 weight (``benchmarks/precision.py``).
 """
 
 from __future__ import annotations
