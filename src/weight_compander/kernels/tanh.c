@@ -32,6 +32,20 @@
 #define BLOCK 16384                       /* elements per parallel work item; fixes the sums' order */
 #define MINUS_2_LOG2E (-2.8853900817779268) /* t = -2|u| log2(e) */
 #define TWO_LN2 1.3862943611198906         /* -4|u| = 2 ln(2) t */
+#define CHUNK 128                          /* elements between software prefetches */
+#define AHEAD 1024                         /* how far ahead they fetch, in elements */
+
+/* Fetch the cache lines of x[AHEAD .. AHEAD + CHUNK) ahead of use. In a training step the weights
+ * and gradients come from memory, and the loops' arithmetic keeps the hardware prefetcher from
+ * running far enough ahead: with this, the kernels took a tenth (forward, fixed backward) to a
+ * fifth (learnable backward) less time in a training step. */
+static inline void prefetch_chunk(const float *x) {
+#if defined(__GNUC__)
+    for (int k = 0; k < CHUNK; k += 16) __builtin_prefetch(x + AHEAD + k);
+#else
+    (void)x;
+#endif
+}
 
 /* 2^n for an integer-valued float n in [-126, 127]. */
 static inline float pow2_int(float n) {
@@ -61,27 +75,36 @@ static inline float exponent_of(float x, float kt, float floor) {
 }
 
 static void forward_span(const float *restrict v, float *restrict w, int64_t count, float kt, float bound) {
+    for (int64_t j = 0; j < count; j += CHUNK) {
+        prefetch_chunk(v + j);
+        const int64_t end = j + CHUNK < count ? j + CHUNK : count;
 #pragma omp simd
-    for (int64_t i = 0; i < count; i++) {
-        float t = exponent_of(v[i], kt, -40.0f); /* below, e < 1e-12: tanh rounds to 1 */
-        float n = (t + 12582912.0f) - 12582912.0f; /* round to nearest integer */
-        float two_n = pow2_int(n);
-        float m = fmaf(two_n, pow2m1_reduced(t - n), two_n - 1.0f); /* exp(-2|u|) - 1 in (-1, 0] */
-        w[i] = copysignf(bound * (m / (-2.0f - m)), v[i]);       /* b tanh|u| with the sign of v */
+        for (int64_t i = j; i < end; i++) {
+            float t = exponent_of(v[i], kt, -40.0f); /* below, e < 1e-12: tanh rounds to 1 */
+            float n = (t + 12582912.0f) - 12582912.0f; /* round to nearest integer */
+            float two_n = pow2_int(n);
+            float m = fmaf(two_n, pow2m1_reduced(t - n), two_n - 1.0f); /* exp(-2|u|) - 1 in (-1, 0] */
+            w[i] = copysignf(bound * (m / (-2.0f - m)), v[i]);       /* b tanh|u| with the sign of v */
+        }
     }
 }
 
 /* dLoss/dv = dLoss/dw * 4g e / (1 + e)^2 (fixed hyperparameters). */
 static void backward_span(const float *restrict gw, const float *restrict v, float *restrict gv,
                           int64_t count, float kt, float gain4) {
+    for (int64_t j = 0; j < count; j += CHUNK) {
+        prefetch_chunk(v + j);
+        prefetch_chunk(gw + j);
+        const int64_t end = j + CHUNK < count ? j + CHUNK : count;
 #pragma omp simd
-    for (int64_t i = 0; i < count; i++) {
-        float t = exponent_of(v[i], kt, -124.0f); /* below, dw/dv < 1e-36 g and is 1e-37 g */
-        float n = (t + 12582912.0f) - 12582912.0f;
-        float two_n = pow2_int(n);
-        float e = fmaf(two_n, pow2m1_reduced(t - n), two_n);
-        float d = 1.0f + e;
-        gv[i] = gw[i] * (gain4 * e / (d * d));
+        for (int64_t i = j; i < end; i++) {
+            float t = exponent_of(v[i], kt, -124.0f); /* below, dw/dv < 1e-36 g and is 1e-37 g */
+            float n = (t + 12582912.0f) - 12582912.0f;
+            float two_n = pow2_int(n);
+            float e = fmaf(two_n, pow2m1_reduced(t - n), two_n);
+            float d = 1.0f + e;
+            gv[i] = gw[i] * (gain4 * e / (d * d));
+        }
     }
 }
 
@@ -108,25 +131,30 @@ static inline double pow2_reduced_double(double r) {
 static void backward_sums_span(const float *restrict gw, const float *restrict v, float *restrict gv,
                                int64_t count, double kt, double gain4, double *sums) {
     double gain_sum = 0.0, limit_sum = 0.0;
+    for (int64_t j = 0; j < count; j += CHUNK) {
+        prefetch_chunk(v + j);
+        prefetch_chunk(gw + j);
+        const int64_t end = j + CHUNK < count ? j + CHUNK : count;
 #pragma omp simd reduction(+ : gain_sum, limit_sum)
-    for (int64_t i = 0; i < count; i++) {
-        double x = v[i], g = gw[i];
-        double t = -fabs(x * kt);
-        t = t < -1000.0 ? -1000.0 : t; /* 2^n stays a normal double */
-        double shifted = t + 6755399441055744.0; /* the integer n in the low bits of the mantissa */
-        double n = shifted - 6755399441055744.0;
-        int64_t bits;
-        memcpy(&bits, &shifted, sizeof bits);
-        bits = (bits + 1023) << 52;
-        double two_n;
-        memcpy(&two_n, &bits, sizeof two_n);
-        double e = two_n * pow2_reduced_double(t - n);
-        double r = 1.0 / (1.0 + e);
-        double er = e * r, s = er * r, gs = g * s;
-        gv[i] = (float)(gs * gain4);
-        gain_sum = fma(gs, x, gain_sum);
-        double limit_part = fma(TWO_LN2 * t, s, r - er); /* tanh|u| - 4|u| S */
-        limit_sum = fma(g, copysign(limit_part, x), limit_sum);
+        for (int64_t i = j; i < end; i++) {
+            double x = v[i], g = gw[i];
+            double t = -fabs(x * kt);
+            t = t < -1000.0 ? -1000.0 : t; /* 2^n stays a normal double */
+            double shifted = t + 6755399441055744.0; /* the integer n in the low bits of the mantissa */
+            double n = shifted - 6755399441055744.0;
+            int64_t bits;
+            memcpy(&bits, &shifted, sizeof bits);
+            bits = (bits + 1023) << 52;
+            double two_n;
+            memcpy(&two_n, &bits, sizeof two_n);
+            double e = two_n * pow2_reduced_double(t - n);
+            double r = 1.0 / (1.0 + e);
+            double er = e * r, s = er * r, gs = g * s;
+            gv[i] = (float)(gs * gain4);
+            gain_sum = fma(gs, x, gain_sum);
+            double limit_part = fma(TWO_LN2 * t, s, r - er); /* tanh|u| - 4|u| S */
+            limit_sum = fma(g, copysign(limit_part, x), limit_sum);
+        }
     }
     sums[0] = 4.0 * gain_sum;
     sums[1] = limit_sum;
