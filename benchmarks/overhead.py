@@ -4,6 +4,8 @@
     python benchmarks/overhead.py --json out.json # also write the numbers
     python benchmarks/overhead.py --torch-path    # also the tanh as torch operations (no C kernel)
     python benchmarks/overhead.py --before-issue-12  # also the inexact tanh used before issue 12
+    python benchmarks/overhead.py --threads 1     # torch and the kernel on one thread
+    python benchmarks/overhead.py --cpu-time      # time blocks by this process's CPU seconds
 
 Two models, batch 128: a small CNN on 28x28 input (compute-bound) and an MLP 784-1024-1024-10
 (1.8 M weights, little compute per weight: the worst case for an elementwise reparameterization).
@@ -31,6 +33,8 @@ from tanh_before_issue12 import sigmoid_tanh
 from weight_compander.fused import fused_tanh_torch
 
 BATCH = 128
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}  # --cpu-time: the process's CPU seconds
+clock = CLOCKS["wall"]
 
 
 def small_cnn() -> nn.Module:
@@ -89,12 +93,12 @@ def train_step_timer(model: nn.Module, steps: int) -> Callable[[], float]:
     y = torch.randint(0, 10, (BATCH,))
 
     def block() -> float:
-        start = time.perf_counter()
+        start = clock()
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             opt.step()
-        return (time.perf_counter() - start) / steps
+        return (clock() - start) / steps
 
     return block
 
@@ -104,11 +108,11 @@ def inference_timer(model: nn.Module, steps: int) -> Callable[[], float]:
     x = torch.randn(BATCH, 1, 28, 28)
 
     def block() -> float:
-        start = time.perf_counter()
+        start = clock()
         with torch.no_grad():
             for _ in range(steps):
                 model(x)
-        return (time.perf_counter() - start) / steps
+        return (clock() - start) / steps
 
     return block
 
@@ -133,7 +137,8 @@ def machine() -> str:
     threads = torch.get_num_threads()
     kernel = "C kernel in use" if wc.kernel_status().startswith("in use") else "no C kernel"
     python = platform.python_version()
-    return f"{cpu}; {threads} threads; torch {torch.__version__}; Python {python}; {kernel}"
+    timed = "CPU time" if clock is CLOCKS["cpu"] else "wall time"
+    return f"{cpu}; {threads} threads; torch {torch.__version__}; Python {python}; {kernel}; {timed}"
 
 
 def run(rounds: int, steps: int, torch_path: bool = False, before_12: bool = False) -> dict:
@@ -182,11 +187,20 @@ def print_results(results: dict) -> None:
 def parse_args(
     doc: str | None, steps: int, argv: list[str] | None, torch_path: bool = False
 ) -> argparse.Namespace:
-    """The command line every benchmark here shares: --rounds, --steps, --json (and --torch-path)."""
+    """The command line every benchmark here shares: --rounds, --steps, --json, --threads (which it
+    applies) and, for overhead.py, --torch-path and --before-issue-12."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
     parser.add_argument("--steps", type=int, default=steps, help=f"steps per block (default {steps})")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument(
+        "--cpu-time", action="store_true",
+        help="time blocks by this process's CPU seconds, not the wall clock: steadier where other jobs "
+        "take the cores (waits for a core do not count; an OpenMP thread's spinning does)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, help="torch's thread count (default: torch's; 1 is steadier on a busy machine)"
+    )
     if torch_path:
         parser.add_argument(
             "--torch-path", action="store_true",
@@ -196,7 +210,12 @@ def parse_args(
             "--before-issue-12", action="store_true",
             help="also time the inexact sigmoid-based tanh the library used before issue 12",
         )  # fmt: skip
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    global clock
+    clock = CLOCKS["cpu" if args.cpu_time else "wall"]
+    return args
 
 
 def write_json(results: dict, path: str | None) -> None:

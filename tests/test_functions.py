@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import weight_compander as wc
+from weight_compander import cpu_kernel
 from weight_compander.functions import Hyperparameter
 from weight_compander.fused import fused_tanh, fused_tanh_torch
 
@@ -369,3 +370,99 @@ def test_hyperparameter_check_messages():
         gain.check("tanh", "gain", 1.0, learnable=True)
     with pytest.raises(TypeError, match="must be a number"):
         gain.check("tanh", "gain", "2", learnable=False)
+
+
+# --- second derivatives, every kind and path (issue 21) ---------------------------------------
+
+KINDS = wc.kinds()  # the library's own, whatever it registers (new kinds are covered as they come)
+LAYOUTS = {"tensor": None, "rows": 0, "columns": 1}  # one set, per index of dim 0, per index of dim 1
+
+
+def random_hyperparameters(kind: str, factors: list[float], dtype, shape=()) -> dict:
+    """Valid values around each hyperparameter's default: lower + (default - lower) * factor."""
+    specs = wc.get_kind(kind).hyperparameters.items()
+    return {
+        name: torch.full(shape, spec.lower + (spec.default - spec.lower) * f, dtype=dtype)
+        for (name, spec), f in zip(specs, factors, strict=False)
+    }
+
+
+def second_order_inputs(kind, layout, magnitudes, factors, s, dtype, rows=3, cols=2):
+    """v (|v| >= 0.05 s, where every kind is smooth), s and the hyperparameters in a layout."""
+    axis = LAYOUTS[layout]
+    shape = () if axis is None else tuple(n if d == axis else 1 for d, n in enumerate((rows, cols)))
+    hyper = random_hyperparameters(kind, factors, dtype, shape)
+    if axis is not None:  # a different value per channel
+        ramp = torch.linspace(0.8, 1.25, rows if axis == 0 else cols, dtype=dtype).view(shape)
+        hyper = {k: spec_lower(kind, k) + (h - spec_lower(kind, k)) * ramp for k, h in hyper.items()}
+    v = torch.tensor(magnitudes, dtype=dtype)[: rows * cols].view(rows, cols) * s
+    return v, torch.full(shape, s, dtype=dtype), hyper
+
+
+def spec_lower(kind: str, name: str) -> float:
+    return wc.get_kind(kind).hyperparameters[name].lower
+
+
+magnitudes = st.lists(
+    st.floats(0.05, 4.0).flatmap(lambda m: st.sampled_from([m, -m])), min_size=6, max_size=6
+)
+hyper_factors = st.lists(st.floats(0.6, 1.8), min_size=4, max_size=4)
+
+
+@pytest.mark.parametrize("path", ["fused", "unfused"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_second_derivatives_gradgradcheck_float64(kind, layout, path):
+    """Double backward of ``w = s * phi(v / s)`` with respect to v, every hyperparameter and the
+    upstream gradient, against finite differences (float64: the torch path of a fused kind)."""
+    run = compand_path if path == "fused" else formula_path
+
+    @settings(max_examples=5, deadline=None)
+    @given(mags=magnitudes, fs=hyper_factors, s=st.floats(0.1, 3.0))
+    def law(mags, fs, s):
+        v, scale, hyper = second_order_inputs(kind, layout, mags, fs, s, D)
+        names = list(hyper)
+
+        def w(v, *h):
+            return run(kind, v, scale, dict(zip(names, h, strict=True)))
+
+        inputs = (v.requires_grad_(), *(h.requires_grad_() for h in hyper.values()))
+        assert torch.autograd.gradgradcheck(w, inputs)
+
+    law()
+
+
+def float64_second_order(kind, v, scale, hyper, upstream, direction):
+    """d/d(v, hyper) of <d<w, upstream>/d(v, hyper), direction>, by float64 autograd of the formula."""
+    leaves = [x.detach().double().requires_grad_() for x in (v, *hyper.values())]
+    names = list(hyper)
+    w = formula_path(kind, leaves[0], scale.double(), dict(zip(names, leaves[1:], strict=True)))
+    first = torch.autograd.grad((w * upstream.double()).sum(), leaves, create_graph=True)
+    dot = sum((f * d.double()).sum() for f, d in zip(first, direction, strict=True))
+    return [f.detach() for f in first], torch.autograd.grad(dot, leaves)
+
+
+@pytest.mark.skipif(cpu_kernel.load() is None, reason="the C kernel cannot be built here")
+@pytest.mark.parametrize("layout", ["tensor", "rows"])
+def test_c_kernel_path_second_derivatives_match_float64(layout):
+    """The C kernel path (CPU float32) under create_graph=True: first and second derivatives within
+    float32 precision of float64 autograd through the formula, for v and both hyperparameters."""
+
+    @settings(max_examples=15, deadline=None)
+    @given(mags=magnitudes, fs=hyper_factors, s=st.floats(0.01, 3.0), seed=st.integers(0, 2**16))
+    def law(mags, fs, s, seed):
+        v, scale, hyper = second_order_inputs("tanh", layout, mags, fs, s, torch.float32)
+        gen = torch.Generator().manual_seed(seed)
+        upstream = torch.randn(v.shape, generator=gen)
+        leaves = [x.clone().requires_grad_() for x in (v, *hyper.values())]
+        direction = [torch.randn(x.shape, generator=gen) for x in leaves]
+        w = compand_path("tanh", leaves[0], scale, dict(zip(hyper, leaves[1:], strict=True)))
+        assert type(w.grad_fn).__name__ == "_TanhKernelBackward"
+        first = torch.autograd.grad((w * upstream).sum(), leaves, create_graph=True)
+        dot = sum((f * d).sum() for f, d in zip(first, direction, strict=True))
+        second = torch.autograd.grad(dot, leaves)
+        want_first, want_second = float64_second_order("tanh", v, scale, hyper, upstream, direction)
+        for got, want in zip([*first, *second], [*want_first, *want_second], strict=True):
+            assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+    law()

@@ -10,6 +10,7 @@ from torch import nn
 
 import weight_compander as wc
 from support import assert_same, small_cnn, snapshot
+from weight_compander import fused
 
 
 class Dense(nn.Module):
@@ -148,3 +149,41 @@ def test_the_core_library_imports_no_training_framework():
     code = "import sys, torch, weight_compander as wc; wc.apply(torch.nn.Linear(3, 2)); print(*sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert not {"transformers", "lightning", "accelerate"} & set(loaded.split())
+
+
+PATHS = {
+    "float32-kernel": torch.float32,
+    "float32-torch-path": torch.float32,
+    "float64-torch-path": torch.float64,
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
+@pytest.mark.parametrize("channels", [(8, 8), (16, 8)], ids=["8-8", "16-8"])
+def test_scale_per_channel_along_axis_1_keeps_outputs_and_exact_hyperparameter_gradients(
+    channels, per_channel, path, monkeypatch
+):
+    """ConvTranspose keeps its output channels on axis 1: scale='channel' gives one s per index of
+    axis 1, which the fused path once read as one per index of axis 0 (issue 21)."""
+    dtype = PATHS[path]
+    if path == "float32-torch-path":  # as without a C compiler
+        monkeypatch.setattr(fused, "_kernel_for", lambda *tensors: None)
+    torch.manual_seed(0)
+    layer = nn.ConvTranspose2d(*channels, 3).to(dtype)
+    x = torch.randn(2, channels[0], 5, 5, dtype=dtype)
+    before = layer(x).detach()
+    wc.compand(layer, scale="channel", per_channel=per_channel, learnable=True)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-14}
+    assert torch.allclose(layer(x), before, **tol)
+    c, v = layer.parametrizations.weight[0], layer.parametrizations.weight.original
+    upstream = torch.randn(v.shape, dtype=dtype)
+    (layer.weight * upstream).sum().backward()
+    # the reference: plain float64 autograd through s * L * tanh(g * v / (s * L))
+    leaves = [t.detach().double().requires_grad_() for t in (v, c.raw_gain, c.raw_limit)]
+    v64, raw_gain, raw_limit = leaves
+    s, gain, limit = c.scale.double(), raw_gain.exp() + 1, raw_limit.exp()
+    reference = s * limit * torch.tanh(gain * v64 / (s * limit))
+    want = torch.autograd.grad((reference * upstream.double()).sum(), leaves)
+    for got, expected in zip([v.grad, c.raw_gain.grad, c.raw_limit.grad], want, strict=True):
+        assert got.shape == expected.shape and torch.allclose(got.double(), expected, **tol)

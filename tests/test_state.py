@@ -73,9 +73,11 @@ def test_layout_1_checkpoints_written_before_layout_2_still_load(model):
     fresh.load_state_dict(saved["model"])
     ours = native_state_dict(fresh)  # every raw weight, scale and hyperparameter, bit for bit
     assert all(torch.equal(ours[k], saved["model"][k]) for k in saved["model"])
-    # the output was saved before tanh became exact to the last bit (issue 12): equal to float32's
-    # precision, not bitwise
-    torch.testing.assert_close(outputs(fresh), saved["output"], rtol=1e-6, atol=1e-7)
+    # the output was saved before tanh became exact to the last bit (issue 12) and before the
+    # kernel's arithmetic changed (issue 21): equal to float32's precision of the outputs (both
+    # are 1e-7 to 2e-7 off the same model in float64), not bitwise
+    scale = saved["output"].abs().max().item()
+    torch.testing.assert_close(outputs(fresh), saved["output"], rtol=1e-6, atol=1e-6 * scale)
 
 
 def test_a_plain_checkpoint_loads_into_a_companded_model_as_its_effective_weights():

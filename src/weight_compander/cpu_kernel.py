@@ -57,54 +57,59 @@ _COMMON_FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno"]
 _CPUINFO = "/proc/cpuinfo"
 _CPUINFO_FIELDS = ("model name", "flags", "Features", "CPU implementer", "CPU part")
 _status = ""  # set by load()
+Params = Tensor | ctypes.Array  # each row's s, g, L, k: see TanhKernel
 
 
 class TanhKernel:
-    """Typed entry points of the compiled library (float32, CPU, contiguous tensors)."""
+    """Typed entry points of the compiled library (float32, CPU, contiguous tensors).
+
+    ``params`` holds each row's ``s``, ``g``, ``L`` and ``k = g / (s L)`` in float64: a tensor of
+    shape ``(rows, 4)`` with one row per index of dim 0 of ``v``, or for per-tensor hyperparameters
+    a ctypes array of the 4 values (built in a tenth of a tensor's time).
+    """
 
     def __init__(self, library: ctypes.CDLL) -> None:
         p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        self._forward = library.wc_tanh_forward
-        self._forward.argtypes = [p, p, i64, i64, p, p, c_int]
-        self._forward.restype = None
-        self._backward = library.wc_tanh_backward
-        self._backward.argtypes = [p, p, p, i64, i64, p, p, p, c_int]
-        self._backward.restype = None
-        self._backward_sums = library.wc_tanh_backward_sums
-        self._backward_sums.argtypes = [p, p, p, i64, i64, p, p, p, p, c_int]
-        self._backward_sums.restype = c_int
+        self._forward = _entry(library.wc_tanh_forward, [p, p, i64, i64, p, c_int], None)
+        self._backward = _entry(library.wc_tanh_backward, [p, p, p, i64, i64, p, c_int], None)
+        self._backward_sums = _entry(library.wc_tanh_backward_sums, [p, p, p, i64, i64, p, p, c_int], c_int)
 
-    def forward(self, v: Tensor, k: Tensor, bound: Tensor) -> Tensor:
-        """``w = bound * tanh(k * v)`` with k and bound one float32 per row (``rows = k.numel()``)."""
+    def forward(self, v: Tensor, params: Params) -> Tensor:
+        """``w = s L tanh(k v)``."""
         w = torch.empty_like(v)
-        rows = k.numel()
-        self._forward(v.data_ptr(), w.data_ptr(), rows, v.numel() // rows, k.data_ptr(), bound.data_ptr(),
-                      torch.get_num_threads())  # fmt: skip
+        self._forward(v.data_ptr(), w.data_ptr(), *_layout(v, params), torch.get_num_threads())
         return w
 
-    def backward(self, grad_w: Tensor, v: Tensor, k: Tensor, gain: Tensor) -> Tensor:
-        """dLoss/dv (fixed hyperparameters); k and gain one float32 per row."""
-        rows = k.numel()
-        log4g, inv4g = torch.log(4 * gain), 1 / (4 * gain)
+    def backward(self, grad_w: Tensor, v: Tensor, params: Params) -> Tensor:
+        """dLoss/dv (fixed hyperparameters)."""
         grad_v = torch.empty_like(v)
-        self._backward(grad_w.data_ptr(), v.data_ptr(), grad_v.data_ptr(), rows, v.numel() // rows,
-                       k.data_ptr(), log4g.data_ptr(), inv4g.data_ptr(), torch.get_num_threads())  # fmt: skip
+        threads = torch.get_num_threads()
+        self._backward(grad_w.data_ptr(), v.data_ptr(), grad_v.data_ptr(), *_layout(v, params), threads)
         return grad_v
 
-    def backward_sums(self, grad_w: Tensor, v: Tensor, bound: Tensor, gain: Tensor) -> tuple[Tensor, Tensor]:
-        """dLoss/dv and the per-row ``dLoss/dg`` and ``L * dLoss/dL`` (shape ``(rows, 2)``, float64);
-        bound and gain one float64 per row."""
-        rows = bound.numel()
-        k = gain / bound
+    def backward_sums(self, grad_w: Tensor, v: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+        """dLoss/dv and each row's ``dLoss/dg`` and ``dLoss/dL`` (shape ``(rows, 2)``, float64)."""
         grad_v = torch.empty_like(v)
-        sums = torch.zeros(rows, 2, dtype=torch.float64)
-        failed = self._backward_sums(
-            grad_w.data_ptr(), v.data_ptr(), grad_v.data_ptr(), rows, v.numel() // rows, k.data_ptr(),
-            bound.data_ptr(), gain.data_ptr(), sums.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
+        sums = torch.empty(params.shape[0] if isinstance(params, Tensor) else 1, 2, dtype=torch.float64)
+        failed = self._backward_sums(grad_w.data_ptr(), v.data_ptr(), grad_v.data_ptr(), *_layout(v, params),
+                                     sums.data_ptr(), torch.get_num_threads())  # fmt: skip
         if failed:
             raise MemoryError("weight_compander's tanh kernel could not allocate its partial sums.")
         return grad_v, sums
+
+
+def _layout(v: Tensor, params: Params) -> tuple[int, int, int | ctypes.Array]:
+    """The C functions' (rows, inner, params) arguments."""
+    if not isinstance(params, Tensor):
+        return 1, v.numel(), params
+    rows = params.shape[0]
+    return rows, v.numel() // rows, params.data_ptr()
+
+
+def _entry(function, argtypes: list, restype):
+    """A ctypes function with its argument and result types set (checked and converted per call)."""
+    function.argtypes, function.restype = argtypes, restype
+    return function
 
 
 def kernel_status() -> str:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from . import defaults
+from .fused import channel_axis
 
 __all__ = ["Hyperparameter", "Kind", "get_kind", "kinds", "register_kind"]
 
@@ -59,7 +60,9 @@ class Kind:
     ``bound_factor`` what it is multiplied by (``|phi| < bound_factor * hyper[bound]``: 1 for tanh's
     limit, pi/2 for arctan's ``a``): weights at or beyond it cannot be inverted, and the overflow
     policy of ``compand`` decides what happens.
-    ``fused`` is an optional fast path ``fused(v, s, **hyper) -> w`` with the same values.
+    ``fused`` is an optional fast path ``fused(v, s, **hyper) -> w`` with the same values; ``s`` and
+    the hyperparameters it gets are one value each or one per index of dim 0 of ``v`` (``compand``
+    moves channels on another axis there, and takes the formula if they vary along several).
     """
 
     name: str
@@ -86,9 +89,16 @@ class Kind:
         return self.bound_factor * hyper[self.bound]
 
     def compand(self, v: Tensor, scale: Tensor, hyper: Mapping[str, Tensor]) -> Tensor:
-        if self.fused is not None:
+        axis = channel_axis(v, scale, *hyper.values()) if self.fused is not None else None
+        if axis is None:
+            return scale * self.forward(v / scale, **hyper)
+        if axis == 0:
             return self.fused(v, scale, **hyper)
-        return scale * self.forward(v / scale, **hyper)
+        # Channels on another axis (ConvTranspose, transformers' Conv1D): a fused function reduces
+        # per-channel gradients over dim 0, so it gets the channels there.
+        first = {k: h.movedim(axis, 0) if h.dim() else h for k, h in hyper.items()}
+        s = scale.movedim(axis, 0) if scale.dim() else scale
+        return self.fused(v.movedim(axis, 0).contiguous(), s, **first).movedim(0, axis)
 
     def expand(self, w: Tensor, scale: Tensor, hyper: Mapping[str, Tensor]) -> Tensor:
         y = w / scale
@@ -123,7 +133,9 @@ def register_kind(
         bound: the hyperparameter that bounds ``|phi|``, for bounded kinds.
         bound_factor: ``|phi| < bound_factor * bound`` (e.g. ``math.pi / 2`` for ``a * arctan``).
         fused: optional fast path ``fused(v, s, **hyper) -> w`` computing the same values as
-            ``s * forward(v / s)`` (e.g. with an analytic backward).
+            ``s * forward(v / s)`` (e.g. with an analytic backward, which should then also give
+            second derivatives: ``fused.py`` shows how). ``s`` and the hyperparameters it gets
+            are one value each or one per index of dim 0 of ``v``.
         replace: allow replacing an existing kind of that name.
 
     Example::

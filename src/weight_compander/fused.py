@@ -9,10 +9,20 @@ promises exactly: odd to the last bit, and within float32's relative precision o
 
 * CPU, float32, contiguous (training on CPU): the C kernel of ``cpu_kernel.py``, one pass over
   the weights forward and one backward.
-* Anything else (CUDA, float64, a machine without a C compiler, ``torch.compile`` tracing): the
-  same function as torch operations. It works on ``a = |u|`` and copies the sign of ``v`` back
-  (odd by construction), ``tanh(a) = -expm1(-2a) * (1 - q)`` with ``q = sigmoid(-2a)`` has no
-  cancellation, and ``dw/dv = 4g * q(1 - q)`` reuses ``q``.
+* Anything else (CUDA, float64, a machine without a C compiler, ``torch.compile`` tracing,
+  ``torch.func`` transforms): the same function as torch operations. It works on ``a = |u|`` and
+  copies the sign of ``v`` back (odd by construction), ``tanh(a) = -expm1(-2a) * (1 - q)`` with
+  ``q = sigmoid(-2a)`` has no cancellation, and ``dw/dv = 4g * q(1 - q)`` reuses ``q``.
+
+Scale and hyperparameters are one value each or one per index of dim 0 (``Kind.compand`` moves
+output channels on another axis, as ConvTranspose and transformers' Conv1D keep them, to dim 0).
+
+Second derivatives: the fast backwards above are not differentiable (the C kernel; a saved ``q``
+without history). Where autograd will differentiate the backward (``create_graph=True``, which
+Hessian-vector products use, and every ``torch.func`` transform), both Functions run
+``_differentiable_backward`` instead: the same analytic derivatives as torch operations of the
+inputs, so autograd's derivative of it is the exact second derivative. ``_TanhTorch`` has
+``setup_context`` and a generated vmap rule, so ``torch.func.grad``, ``vmap`` and ``jacrev`` work.
 
 Both give the hyperparameter gradients as one sum each over the weights (per tensor or per
 output channel), of float64 terms in float64:
@@ -23,10 +33,12 @@ output channel), of float64 terms in float64:
 Such a sum adds a million terms of both signs and may cancel to 1 % of its terms'
 root-sum-square; float32 terms carry a few 1e-7 of error each, which that cancellation makes
 1e-5 of the sum. The earlier float32 ``<dLoss/dv, v> / g`` and ``(<dLoss/dw, w> - <dLoss/dv, v>) / L``
-were 6e-5 and 9e-5 off float64 on a random 1024x1024 weight (``benchmarks/precision.py``).
+were 6e-5 to 9e-5 off float64 on a random 1024x1024 weight (``benchmarks/precision.py``).
 """
 
 from __future__ import annotations
+
+import ctypes
 
 import torch
 from torch import Tensor
@@ -35,20 +47,37 @@ from . import cpu_kernel
 
 
 class _TanhTorch(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor) -> Tensor:
-        bound = scale * limit
-        y = torch.abs(v).mul_(-2 * gain / bound)  # -2|u|, even in v by construction
-        q = torch.sigmoid(y)  # sigmoid(-2|u|) in (0, 1/2]
-        w = y.expm1_()  # expm1(-2|u|) in (-1, 0], exact near 0
-        w.addcmul_(w, q, value=-1.0)  # expm1 * (1 - q) = -tanh|u|, in place
-        w.mul_(-bound).copysign_(v)  # s*L*tanh|u| with the sign of v: odd to the last bit
-        ctx.save_for_backward(v, q, scale, gain, limit)
-        return w
+    # forward, setup_context and backward are torch operations, so torch.func may vmap them
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, grad_w: Tensor):
+    def forward(v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor) -> tuple[Tensor, Tensor]:
+        bound = scale * limit
+        # in place where it saves memory traffic; under torch.func out of place where vmap could
+        # batch one operand alone (then an in-place result cannot hold it) or has no rule (addcmul_)
+        batchable = _functorch_active()
+        y, k = torch.abs(v), -2 * gain / bound
+        y = y * k if batchable else y.mul_(k)  # -2|u|, even in v by construction
+        q = torch.sigmoid(y)  # sigmoid(-2|u|) in (0, 1/2]
+        w = y.expm1_()  # expm1(-2|u|) in (-1, 0], exact near 0
+        w = torch.addcmul(w, w, q, value=-1.0) if batchable else w.addcmul_(w, q, value=-1.0)  # -tanh|u|
+        w.mul_(-bound).copysign_(v)  # s*L*tanh|u| with the sign of v: odd to the last bit
+        return w, q
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        v, scale, gain, limit = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zero tensor for q's (absent) gradient
+        ctx.save_for_backward(v, output[1], scale, gain, limit)
+
+    @staticmethod
+    def backward(ctx, grad_w: Tensor | None, _grad_q: None):
         v, q, scale, gain, limit = ctx.saved_tensors
+        if grad_w is None:
+            return None, None, None, None
+        if _differentiating_backward(grad_w):
+            return _differentiable_backward(ctx.needs_input_grad, grad_w, v, scale, gain, limit)
         grad_v = torch.addcmul(q, q, q, value=-1.0).mul_(4 * gain).mul_(grad_w)  # dw/dv = 4g q(1 - q)
         grad_gain = grad_limit = None
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
@@ -56,6 +85,46 @@ class _TanhTorch(torch.autograd.Function):
         return grad_v, None, grad_gain, grad_limit
 
 
+def _differentiating_backward(grad_w: Tensor) -> bool:
+    """Whether this backward must be torch operations of its inputs: autograd will differentiate
+    it (``create_graph=True``, or a torch.func transform, which always builds the graph), or vmap
+    batches the upstream gradient (``is_grads_batched``, ``autograd.functional.jacobian``)."""
+    functorch = torch._C._functorch
+    batched = functorch.is_functorch_wrapped_tensor(grad_w) or functorch.is_legacy_batchedtensor(grad_w)
+    return torch.is_grad_enabled() or _functorch_active() or batched
+
+
+def _differentiable_backward(
+    needs_input_grad, grad_w: Tensor, v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor
+):
+    """The backward as differentiable torch operations, for second derivatives and torch.func.
+
+    The same analytic derivatives and float64 arithmetic as the fast backward (whole-tensor float64
+    temporaries instead of chunks or the C kernel), so autograd differentiates them once more:
+    d^2 w / dv^2, the mixed hyperparameter terms and the dependence on the upstream gradient.
+    Scale and hyperparameters may broadcast along any axis; the sums reduce to their shapes.
+    """
+    s, g, limit64 = scale.double(), gain.double(), limit.double()
+    v64, grad64 = v.double(), grad_w.double()
+    a = torch.abs(v64 * (g / (s * limit64)))
+    e = torch.exp(-2 * a)
+    r = 1 / (1 + e)
+    sech2 = 4 * e * r * r
+    grad_v = (grad64 * g * sech2).to(v.dtype) if needs_input_grad[0] else None
+    grad_gain = grad_limit = None
+    if needs_input_grad[2]:
+        grad_gain = _sum_to(grad64 * v64 * sech2, gain)
+    if needs_input_grad[3]:  # dw/dL = s (tanh(a) - a sech^2(a)) sign(v)
+        grad_limit = _sum_to(grad64 * (s * ((1 - e) * r - a * sech2)).copysign(v64), limit)
+    return grad_v, None, grad_gain, grad_limit
+
+
+def _sum_to(terms: Tensor, like: Tensor) -> Tensor:
+    """Elementwise gradient terms summed to a (broadcasting) hyperparameter's shape and dtype."""
+    return terms.sum_to_size(like.shape).to(like.dtype)
+
+
+_ONE_ROW = ctypes.c_double * 4
 _CHUNK = 1 << 16  # elements per float64 work chunk: small enough to stay in cache
 
 
@@ -89,28 +158,63 @@ def _hyperparameter_gradients(grad_w: Tensor, v: Tensor, scale: Tensor, gain: Te
 class _TanhKernel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor, kernel) -> Tensor:
-        rows = _rows(v, scale, gain, limit)
-        bound, g = _per_row(scale * limit, rows), _per_row(gain, rows)
-        k = (g / bound).float()
-        ctx.kernel = kernel
-        ctx.save_for_backward(v, k, bound, g, gain, limit)
-        return kernel.forward(v, k, bound.float())
+        params = _kernel_params(v, scale, gain, limit)
+        ctx.kernel, ctx.params = kernel, params
+        ctx.save_for_backward(v, scale, gain, limit)
+        return kernel.forward(v, params)
 
     @staticmethod
     def backward(ctx, grad_w: Tensor):
-        v, k, bound, g, gain, limit = ctx.saved_tensors
+        v, scale, gain, limit = ctx.saved_tensors
+        if _differentiating_backward(grad_w):
+            return (*_differentiable_backward(ctx.needs_input_grad, grad_w, v, scale, gain, limit), None)
         want_gain, want_limit = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
         if not (want_gain or want_limit):
-            return ctx.kernel.backward(grad_w.contiguous(), v, k, g.float()), None, None, None, None
-        grad_v, sums = ctx.kernel.backward_sums(grad_w.contiguous(), v, bound, g)
+            return ctx.kernel.backward(grad_w.contiguous(), v, ctx.params), None, None, None, None
+        grad_v, sums = ctx.kernel.backward_sums(grad_w.contiguous(), v, ctx.params)
         grad_gain = _per_hyper(sums[:, 0], gain) if want_gain else None
-        grad_limit = _per_hyper(sums[:, 1], limit) / limit if want_limit else None
+        grad_limit = _per_hyper(sums[:, 1], limit) if want_limit else None
         return grad_v, None, grad_gain, grad_limit, None
+
+
+def _kernel_params(v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor) -> cpu_kernel.Params:
+    """Each row's s, g, L and k = g / (s L) in float64, for the C kernel (see ``TanhKernel``)."""
+    rows = _rows(v, scale, gain, limit)
+    if rows == 1:  # Python floats: a few microseconds less per call than tensor operations
+        s, g, L = scale.item(), gain.item(), limit.item()
+        return _ONE_ROW(s, g, L, g / (s * L))
+    s, g, L = (_per_row(x, rows) for x in (scale, gain, limit))
+    return torch.stack([s, g, L, g / (s * L)], dim=1)
 
 
 def _rows(v: Tensor, *hyper: Tensor) -> int:
     """1 if every hyperparameter (and the scale) is one value, else one row per index of dim 0."""
-    return v.shape[0] if any(h.dim() > 0 for h in hyper) else 1
+    rows = 1
+    for h in hyper:
+        if h.numel() > 1:
+            if channel_axis(v, h) != 0:
+                raise ValueError(
+                    f"fused_tanh takes s and hyperparameters of one value or one per index of dim 0 of "
+                    f"v {tuple(v.shape)}; got shape {tuple(h.shape)}. Kind.compand moves other channel "
+                    "axes to dim 0 first."
+                )
+            rows = v.shape[0]
+    return rows
+
+
+def channel_axis(v: Tensor, *params: Tensor) -> int | None:
+    """The one axis of ``v`` along which the (broadcasting) params vary: 0 if none varies, None if
+    several do or a size differs from ``v``'s (no fused path handles those)."""
+    if all(p.dim() == 0 for p in params):
+        return 0
+    axes = set()
+    for p in params:
+        shape = (1,) * (v.dim() - p.dim()) + tuple(p.shape)
+        varying = [d for d, n in enumerate(shape) if n != 1]
+        if len(shape) != v.dim() or any(shape[d] != v.shape[d] for d in varying):
+            return None
+        axes.update(varying)
+    return axes.pop() if len(axes) == 1 else (0 if not axes else None)
 
 
 def _per_row(x: Tensor, rows: int) -> Tensor:
@@ -120,12 +224,13 @@ def _per_row(x: Tensor, rows: int) -> Tensor:
 
 def _per_hyper(row_sums: Tensor, like: Tensor) -> Tensor:
     """Per-row sums reduced to the hyperparameter's shape (one value, or one per row)."""
-    total = row_sums.sum().reshape(like.shape) if like.numel() == 1 else row_sums.view(like.shape)
-    return total.to(like.dtype)
+    if like.numel() > 1:
+        return row_sums.view(like.shape).to(like.dtype)
+    return (row_sums.sum() if row_sums.numel() > 1 else row_sums).reshape(like.shape).to(like.dtype)
 
 
 def _kernel_for(v: Tensor, *hyper: Tensor):
-    """The CPU kernel if it can run this call, else None."""
+    """The CPU kernel if it can run this call, else None (the torch path)."""
     if not (v.device.type == "cpu" and v.dtype == torch.float32 and v.is_contiguous() and v.numel()):
         return None
     if any(h.device.type != "cpu" or not h.is_floating_point() for h in hyper):
@@ -139,6 +244,8 @@ def _kernel_for(v: Tensor, *hyper: Tensor):
         return None
     if type(v) not in (Tensor, torch.nn.Parameter):
         return None
+    if _functorch_active():  # torch.func wraps tensors (no data pointer) and needs vmap rules
+        return None
     return cpu_kernel.load()
 
 
@@ -147,17 +254,24 @@ def _compiling() -> bool:
     return bool(is_compiling and is_compiling())
 
 
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, ...) is running."""
+    return torch._C._are_functorch_transforms_active()
+
+
 def fused_tanh(v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor) -> Tensor:
     """``s * L * tanh(g * v / (s * L))`` with an analytic backward, exactly odd and float32-exact.
 
     ``scale``, ``gain`` and ``limit`` are one value each or one per index of dim 0 of ``v``.
+    Second derivatives (``create_graph=True``) and torch.func transforms work on every path.
     """
     kernel = _kernel_for(v, scale, gain, limit)
     if kernel is None:
-        return _TanhTorch.apply(v, scale, gain, limit)
+        return fused_tanh_torch(v, scale, gain, limit)
     return _TanhKernel.apply(v, scale, gain, limit, kernel)
 
 
 def fused_tanh_torch(v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor) -> Tensor:
     """The same function as ``fused_tanh``, always as torch operations (benchmarks, tests)."""
-    return _TanhTorch.apply(v, scale, gain, limit)
+    _rows(v, scale, gain, limit)  # the same shape contract as the kernel path
+    return _TanhTorch.apply(v, scale, gain, limit)[0]

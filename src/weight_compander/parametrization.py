@@ -54,17 +54,18 @@ class Compander(nn.Module):
         """Current hyperparameter values (differentiable for learnable ones)."""
         values = {}
         for name, spec in get_kind(self.kind).hyperparameters.items():
-            raw = getattr(self, f"raw_{name}", None)
-            values[name] = getattr(self, name) if raw is None else raw.exp() + spec.lower
+            raw = self._parameters.get(f"raw_{name}")  # not getattr: cheaper, called every forward
+            if raw is None:
+                values[name] = self._buffers[name]
+            else:  # (no "+ 0": each operation costs microseconds, forward and backward)
+                values[name] = raw.exp() + spec.lower if spec.lower else raw.exp()
         return values
 
     def forward(self, v: Tensor) -> Tensor:
         spec, hyper = get_kind(self.kind), self.hyperparameter_values()
-        if spec.fused is not None and (not _rows_or_scalar(v, hyper) or _recording()):
-            # A fused backward reduces per-channel gradients over dim 0 only; channels along
-            # another axis (ConvTranspose, transformers' Conv1D) take the autograd path. So do
-            # tracers and exporters: they record its torch operations (an autograd.Function
-            # would be a Python call that torch.jit.save and ONNX cannot store).
+        if _recording() and spec.fused is not None:
+            # Tracers and exporters record torch operations: an autograd.Function would be a
+            # Python call that torch.jit.save and ONNX cannot store.
             return self.scale * spec.forward(v / self.scale, **hyper)
         return spec.compand(v, self.scale, hyper)
 
@@ -108,11 +109,6 @@ def _onnx_symbolics() -> None:
     """ONNX has an Asinh operator, but torch's TorchScript exporter maps no aten::asinh to it;
     the ``asinh`` kind would fail to export there. Registered on first export, once."""
     torch.onnx.register_custom_op_symbolic("aten::asinh", lambda g, x: g.op("Asinh", x), 9)
-
-
-def _rows_or_scalar(v: Tensor, hyper: Mapping[str, Tensor]) -> bool:
-    """Every hyperparameter is one value, or one per index of dim 0 of ``v``."""
-    return all(h.dim() == 0 or (h.shape[0] == v.shape[0] and h.numel() == v.shape[0]) for h in hyper.values())
 
 
 class SharedCompander(nn.Module):

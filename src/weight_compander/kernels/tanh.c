@@ -1,123 +1,162 @@
 /* The tanh compander on CPU float32: w = b * tanh(u), u = k * v (k = g / b, b = s * L), and its
  * backward, one pass over the weights each way.
  *
- * Why a kernel: a weight-heavy training step is bound by memory traffic, and the exact formula in
- * torch operations takes seven passes forward (abs, scale, sigmoid, expm1, ...). Here the forward
- * reads v and writes w; the backward reads dLoss/dw and v (and w for the hyperparameter sums) and
- * writes dLoss/dv, recomputing dw/dv instead of storing it.
+ * Why a kernel: a weight-heavy training step is bound by memory traffic and arithmetic per weight,
+ * and the exact formula in torch operations takes seven passes forward (abs, scale, sigmoid,
+ * expm1, ...). Here the forward reads v and writes w; the backward reads dLoss/dw and v and writes
+ * dLoss/dv, recomputing dw/dv instead of storing it.
  *
  * Exactness (what weight_compander promises, tests/test_functions.py checks):
- *  - odd to the last bit: everything is computed from a = |u| and the sign of v is copied back;
- *  - float32's relative precision everywhere: tanh(a) = a * (1 - a^2/3 + 2a^4/15 - 17a^6/315)
- *    below a = 1/8 (truncation < 2e-9), (1 - e) / (1 + e) with e = exp(-2a) above, where 1 - e
- *    cannot cancel; dw/dv = g sech^2(a) = 4g e / (1 + e)^2 has no cancellation at any a.
- *  - the hyperparameter gradients are sums over all weights, computed in double (see
+ *  - odd to the last bit: everything is computed from |u| and the sign of v is copied back;
+ *  - float32's relative precision everywhere, without a cancellation at any |u|: with
+ *    t = -2|u| log2(e) = n + r (n an integer, |r| <= 1/2) and e = exp(-2|u|) = 2^n 2^r,
+ *    tanh|u| = -m / (2 + m) where m = e - 1 = 2^n (2^r - 1) + (2^n - 1) (for |u| < 0.17, n = 0
+ *    and m is the polynomial 2^r - 1 itself), and dw/dv = g sech^2(u) = 4g e / (1 + e)^2;
+ *  - the hyperparameter gradients are sums over all weights of float64 terms, in float64 (see
  *    backward_sums_span);
- *  - exp is evaluated here (Cody-Waite reduction and a Taylor polynomial, ~1 ulp) so that the
- *    compiler can vectorize the loops; libm's expf is a call it cannot.
+ *  - 2^r is a polynomial here so that the compiler can vectorize the loops (libm's exp is a call).
  *
  * Plain C with no torch or Python headers: it builds in well under a second with any C compiler,
  * and Python calls it through ctypes (src/weight_compander/cpu_kernel.py).
  */
 #include <math.h>
 #include <stdint.h>
+#if defined(__GNUC__) && !defined(__clang__)
+/* Where -march=native enables AVX-512, use its full width (GCC keeps to 256 bits by default): the
+ * loops ran 10-15 % faster on an AVX-512 Xeon. A no-op on CPUs without it. */
+#pragma GCC target("prefer-vector-width=512")
+#endif
 #include <stdlib.h>
 #include <string.h>
 
-#define BLOCK 16384 /* elements per parallel work item; also fixes the order of the sums */
+#define BLOCK 16384                       /* elements per parallel work item; fixes the sums' order */
+#define MINUS_2_LOG2E (-2.8853900817779268) /* t = -2|u| log2(e) */
+#define TWO_LN2 1.3862943611198906         /* -4|u| = 2 ln(2) t */
+#define CHUNK 128                          /* elements between software prefetches */
+#define AHEAD 1024                         /* how far ahead they fetch, in elements */
 
-/* exp(x) for x in [-87.3, 88] (< 1 ulp); 0 below, where the result would not be a normal float. */
-static inline float exp_clamped(float x) {
-    const float log2e = 1.44269504088896341f;
-    const float ln2_hi = 0.693145751953125f, ln2_lo = 1.428606765330187045e-06f;
-    float xc = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x);
-    float n = (xc * log2e + 12582912.0f) - 12582912.0f; /* round to nearest integer */
-    float r = fmaf(-n, ln2_lo, fmaf(-n, ln2_hi, xc));   /* |r| <= ln2 / 2 */
-    float p = 1.0f / 5040.0f;
-    p = fmaf(p, r, 1.0f / 720.0f);
-    p = fmaf(p, r, 1.0f / 120.0f);
-    p = fmaf(p, r, 1.0f / 24.0f);
-    p = fmaf(p, r, 1.0f / 6.0f);
-    p = fmaf(p, r, 0.5f);
-    p = fmaf(p, r, 1.0f);
-    p = fmaf(p, r, 1.0f);
-    int32_t bits = ((int32_t)n + 127) << 23; /* 2^n */
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return x < -87.3f ? 0.0f : p * two_n;
+/* Fetch the cache lines of x[AHEAD .. AHEAD + CHUNK) ahead of use. In a training step the weights
+ * and gradients come from memory, and the loops' arithmetic keeps the hardware prefetcher from
+ * running far enough ahead: with this, the kernels took a tenth (forward, fixed backward) to a
+ * fifth (learnable backward) less time in a training step. */
+static inline void prefetch_chunk(const float *x) {
+#if defined(__GNUC__)
+    for (int k = 0; k < CHUNK; k += 16) __builtin_prefetch(x + AHEAD + k);
+#else
+    (void)x;
+#endif
 }
 
-static void forward_span(const float *restrict v, float *restrict w, int64_t count, float k, float bound) {
+/* 2^n for an integer-valued float n in [-126, 127]. */
+static inline float pow2_int(float n) {
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float r;
+    memcpy(&r, &bits, sizeof r);
+    return r;
+}
+
+/* 2^r - 1 for |r| <= 1/2: Taylor series of exp(r ln 2) to degree 7 (relative error < 2e-8). */
+static inline float pow2m1_reduced(float r) {
+    float p = 1.5252733804059841e-05f;
+    p = fmaf(p, r, 1.5403530393381606e-04f);
+    p = fmaf(p, r, 1.3333558146428443e-03f);
+    p = fmaf(p, r, 9.6181291076284772e-03f);
+    p = fmaf(p, r, 5.5504108664821580e-02f);
+    p = fmaf(p, r, 2.4022650695910071e-01f);
+    p = fmaf(p, r, 6.9314718055994531e-01f);
+    return p * r;
+}
+
+/* t = -2|u| log2(e) from v and kt = -2 k log2(e), no lower than floor (where exp(-2|u|) is
+ * negligible or leaves the normal numbers); -fabsf: exactly even in v. */
+static inline float exponent_of(float x, float kt, float floor) {
+    float t = -fabsf(x * kt);
+    return t < floor ? floor : t;
+}
+
+static void forward_span(const float *restrict v, float *restrict w, int64_t count, float kt, float bound) {
+    for (int64_t j = 0; j < count; j += CHUNK) {
+        prefetch_chunk(v + j);
+        const int64_t end = j + CHUNK < count ? j + CHUNK : count;
 #pragma omp simd
-    for (int64_t i = 0; i < count; i++) {
-        float x = v[i];
-        float a = fabsf(x * k);
-        float z = a * a;
-        float series = fmaf(fmaf(fmaf(-17.0f / 315.0f, z, 2.0f / 15.0f), z, -1.0f / 3.0f), z, 1.0f);
-        float e = exp_clamped(-2.0f * a);
-        float t = a < 0.125f ? a * series : (1.0f - e) / (1.0f + e);
-        w[i] = copysignf(bound * t, x);
+        for (int64_t i = j; i < end; i++) {
+            float t = exponent_of(v[i], kt, -40.0f); /* below, e < 1e-12: tanh rounds to 1 */
+            float n = (t + 12582912.0f) - 12582912.0f; /* round to nearest integer */
+            float two_n = pow2_int(n);
+            float m = fmaf(two_n, pow2m1_reduced(t - n), two_n - 1.0f); /* exp(-2|u|) - 1 in (-1, 0] */
+            w[i] = copysignf(bound * (m / (-2.0f - m)), v[i]);       /* b tanh|u| with the sign of v */
+        }
     }
 }
 
-/* g sech^2(k v) from 4g exp(-2a): computed that way it stays a normal float wherever dw/dv is. */
-static inline float slope_at(float x, float k, float log4g, float inv4g) {
-    float e4g = exp_clamped(log4g - 2.0f * fabsf(x * k));
-    float r = 1.0f / fmaf(e4g, inv4g, 1.0f);
-    return e4g * r * r;
-}
-
-/* exp(x) in double for x <= 0, to 5e-10 relative; 0 below -708. Same scheme as exp_clamped. */
-static inline double exp_nonpositive_double(double x) {
-    const double log2e = 1.4426950408889634;
-    const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
-    double xc = x < -708.0 ? -708.0 : x;
-    double n = (xc * log2e + 6755399441055744.0) - 6755399441055744.0; /* round to nearest integer */
-    double r = fma(-n, ln2_lo, fma(-n, ln2_hi, xc));
-    double p = 1.0 / 40320.0; /* 1/8!, then Horner down to 1: 5e-10 relative, ample for the sums */
-    p = fma(p, r, 1.0 / 5040.0);
-    p = fma(p, r, 1.0 / 720.0);
-    p = fma(p, r, 1.0 / 120.0);
-    p = fma(p, r, 1.0 / 24.0);
-    p = fma(p, r, 1.0 / 6.0);
-    p = fma(p, r, 0.5);
-    p = fma(p, r, 1.0);
-    p = fma(p, r, 1.0);
-    int64_t bits = ((int64_t)n + 1023) << 52; /* 2^n */
-    double two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return x < -708.0 ? 0.0 : p * two_n;
-}
-
-/* dLoss/dv = dLoss/dw * dw/dv (no hyperparameter gradients wanted). */
+/* dLoss/dv = dLoss/dw * 4g e / (1 + e)^2 (fixed hyperparameters). */
 static void backward_span(const float *restrict gw, const float *restrict v, float *restrict gv,
-                          int64_t count, float k, float log4g, float inv4g) {
+                          int64_t count, float kt, float gain4) {
+    for (int64_t j = 0; j < count; j += CHUNK) {
+        prefetch_chunk(v + j);
+        prefetch_chunk(gw + j);
+        const int64_t end = j + CHUNK < count ? j + CHUNK : count;
 #pragma omp simd
-    for (int64_t i = 0; i < count; i++) gv[i] = gw[i] * slope_at(v[i], k, log4g, inv4g);
+        for (int64_t i = j; i < end; i++) {
+            float t = exponent_of(v[i], kt, -124.0f); /* below, dw/dv < 1e-36 g and is 1e-37 g */
+            float n = (t + 12582912.0f) - 12582912.0f;
+            float two_n = pow2_int(n);
+            float e = fmaf(two_n, pow2m1_reduced(t - n), two_n);
+            float d = 1.0f + e;
+            gv[i] = gw[i] * (gain4 * e / (d * d));
+        }
+    }
 }
 
-/* dLoss/dv, and the sums sum(dLoss/dw * v sech^2(u)) = dLoss/dg and
- * sum(dLoss/dw * b (tanh(a) - a sech^2(a)) sign(v)) = L dLoss/dL, all in double: each sum adds a
+/* 2^r for |r| <= 1/2 in double: a minimax polynomial of degree 7 (relative error < 5e-11). */
+static inline double pow2_reduced_double(double r) {
+    double p = 1.5205826056246832e-05;
+    p = fma(p, r, 1.5469323158322562e-04);
+    p = fma(p, r, 1.3333905616770539e-03);
+    p = fma(p, r, 9.6180271334385400e-03);
+    p = fma(p, r, 5.5504103743775880e-02);
+    p = fma(p, r, 2.4022651199285328e-01);
+    p = fma(p, r, 6.9314718072203100e-01);
+    return fma(p, r, 9.9999999996159790e-01);
+}
+
+/* dLoss/dv and the per-block sums of dLoss/dg and dLoss/dL / s, all in double: each sum adds a
  * million terms whose signs differ, and float32 terms (or a float32 u), a few 1e-7 off each, would
- * leave it 1e-5 off wherever it cancels to 1 % of its terms' root-sum-square.
- * tanh(a) - a sech^2(a) = 2a^3/3 - ...
- * cancels as a -> 0, so below a = 0.1 it is its Taylor series (truncation < 1e-11). */
+ * leave it 1e-5 off wherever it cancels to 1 % of its terms' root-sum-square. With S = sech^2(u)/4
+ * = e / (1 + e)^2:
+ *   dLoss/dv = 4g S dLoss/dw,   dLoss/dg = 4 sum(dLoss/dw v S),
+ *   dLoss/dL = s sum(dLoss/dw sign(v) (tanh|u| - |u| sech^2(u))),  tanh|u| = (1 - e) / (1 + e).
+ * The last difference is 2|u|^3/3 - ... and loses 1e-16 / u^2 of itself as u -> 0, where its
+ * terms are too small to matter to the sum. */
 static void backward_sums_span(const float *restrict gw, const float *restrict v, float *restrict gv,
-                               int64_t count, double k, double bound, double gain, double *sums) {
+                               int64_t count, double kt, double gain4, double *sums) {
     double gain_sum = 0.0, limit_sum = 0.0;
+    for (int64_t j = 0; j < count; j += CHUNK) {
+        prefetch_chunk(v + j);
+        prefetch_chunk(gw + j);
+        const int64_t end = j + CHUNK < count ? j + CHUNK : count;
 #pragma omp simd reduction(+ : gain_sum, limit_sum)
-    for (int64_t i = 0; i < count; i++) {
-        double x = v[i], g = gw[i], a = fabs(x * k), z = a * a;
-        double e = exp_nonpositive_double(-2.0 * a), r = 1.0 / (1.0 + e);
-        double sech2 = 4.0 * e * r * r;
-        double series = fma(fma(fma(fma(13820.0 / 155925.0, z, -496.0 / 2835.0), z, 34.0 / 105.0), z,
-                                -8.0 / 15.0), z, 2.0 / 3.0);
-        double limit_part = a < 0.1 ? a * z * series : (1.0 - e) * r - a * sech2;
-        gv[i] = (float)(g * gain * sech2);
-        gain_sum += g * x * sech2;
-        limit_sum += g * copysign(bound * limit_part, x);
+        for (int64_t i = j; i < end; i++) {
+            double x = v[i], g = gw[i];
+            double t = -fabs(x * kt);
+            t = t < -1000.0 ? -1000.0 : t; /* 2^n stays a normal double */
+            double shifted = t + 6755399441055744.0; /* the integer n in the low bits of the mantissa */
+            double n = shifted - 6755399441055744.0;
+            int64_t bits;
+            memcpy(&bits, &shifted, sizeof bits);
+            bits = (bits + 1023) << 52;
+            double two_n;
+            memcpy(&two_n, &bits, sizeof two_n);
+            double e = two_n * pow2_reduced_double(t - n);
+            double r = 1.0 / (1.0 + e);
+            double er = e * r, s = er * r, gs = g * s;
+            gv[i] = (float)(gs * gain4);
+            gain_sum = fma(gs, x, gain_sum);
+            double limit_part = fma(TWO_LN2 * t, s, r - er); /* tanh|u| - 4|u| S */
+            limit_sum = fma(g, copysign(limit_part, x), limit_sum);
+        }
     }
-    sums[0] = gain_sum;
+    sums[0] = 4.0 * gain_sum;
     sums[1] = limit_sum;
 }
 
@@ -133,46 +172,55 @@ static inline Block block_at(int64_t b, int64_t per_row, int64_t inner) {
     return block;
 }
 
-/* v and w hold rows * inner floats; row r uses k[r] and bound[r] (rows = 1: one value for all). */
-void wc_tanh_forward(const float *v, float *w, int64_t rows, int64_t inner, const float *k,
-                     const float *bound, int threads) {
+/* Row r of the rows x inner weights has the hyperparameters params[4r .. 4r + 3] = s, g, L and
+ * k = g / (s L), as doubles (rows = 1: one set for all). */
+enum { SCALE, GAIN, LIMIT, K, PARAMS };
+
+void wc_tanh_forward(const float *v, float *w, int64_t rows, int64_t inner, const double *params, int threads) {
     const int64_t per_row = (inner + BLOCK - 1) / BLOCK, blocks = rows * per_row;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && blocks > 1)
     for (int64_t b = 0; b < blocks; b++) {
         Block c = block_at(b, per_row, inner);
-        forward_span(v + c.at, w + c.at, c.count, k[c.row], bound[c.row]);
+        const double *p = params + PARAMS * c.row;
+        forward_span(v + c.at, w + c.at, c.count, (float)(p[K] * MINUS_2_LOG2E), (float)(p[SCALE] * p[LIMIT]));
     }
 }
 
-/* dLoss/dv for fixed hyperparameters; row r uses k[r], log(4 g[r]) and 1 / (4 g[r]). */
+/* dLoss/dv for fixed hyperparameters. */
 void wc_tanh_backward(const float *gw, const float *v, float *gv, int64_t rows, int64_t inner,
-                      const float *k, const float *log4g, const float *inv4g, int threads) {
+                      const double *params, int threads) {
     const int64_t per_row = (inner + BLOCK - 1) / BLOCK, blocks = rows * per_row;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && blocks > 1)
     for (int64_t b = 0; b < blocks; b++) {
         Block c = block_at(b, per_row, inner);
-        backward_span(gw + c.at, v + c.at, gv + c.at, c.count, k[c.row], log4g[c.row], inv4g[c.row]);
+        const double *p = params + PARAMS * c.row;
+        backward_span(gw + c.at, v + c.at, gv + c.at, c.count, (float)(p[K] * MINUS_2_LOG2E), (float)(4.0 * p[GAIN]));
     }
 }
 
-/* dLoss/dv and, into sums (2 * rows doubles, zeroed by the caller), each row's dLoss/dg and
- * L dLoss/dL. Each block's partial sums are added in block order, so the result does not depend
- * on the number of threads. Returns 0, or 1 when out of memory. */
+/* dLoss/dv and, into sums (2 * rows doubles), each row's dLoss/dg and dLoss/dL. Each block's
+ * partial sums are added in block order, so the result does not depend on the number of threads.
+ * Returns 0, or 1 when out of memory. */
 int wc_tanh_backward_sums(const float *gw, const float *v, float *gv, int64_t rows, int64_t inner,
-                          const double *k, const double *bound, const double *gain, double *sums,
-                          int threads) {
+                          const double *params, double *sums, int threads) {
     const int64_t per_row = (inner + BLOCK - 1) / BLOCK, blocks = rows * per_row;
-    double *partial = calloc((size_t)(2 * blocks), sizeof(double));
+    double *partial = malloc((size_t)(2 * blocks) * sizeof(double));
     if (!partial) return 1;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && blocks > 1)
     for (int64_t b = 0; b < blocks; b++) {
         Block c = block_at(b, per_row, inner);
-        backward_sums_span(gw + c.at, v + c.at, gv + c.at, c.count, k[c.row], bound[c.row], gain[c.row],
+        const double *p = params + PARAMS * c.row;
+        backward_sums_span(gw + c.at, v + c.at, gv + c.at, c.count, p[K] * MINUS_2_LOG2E, 4.0 * p[GAIN],
                            partial + 2 * b);
     }
-    for (int64_t b = 0; b < blocks; b++) {
-        sums[2 * (b / per_row)] += partial[2 * b];
-        sums[2 * (b / per_row) + 1] += partial[2 * b + 1];
+    for (int64_t row = 0; row < rows; row++) {
+        double gain_sum = 0.0, limit_sum = 0.0;
+        for (int64_t b = row * per_row; b < (row + 1) * per_row; b++) {
+            gain_sum += partial[2 * b];
+            limit_sum += partial[2 * b + 1];
+        }
+        sums[2 * row] = gain_sum;
+        sums[2 * row + 1] = limit_sum * params[PARAMS * row + SCALE];
     }
     free(partial);
     return 0;
