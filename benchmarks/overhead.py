@@ -4,6 +4,7 @@
     python benchmarks/overhead.py --json out.json # also write the numbers
     python benchmarks/overhead.py --torch-path    # also the tanh as torch operations (no C kernel)
     python benchmarks/overhead.py --before-issue-12  # also the inexact tanh used before issue 12
+    python benchmarks/overhead.py --paper-kinds   # also arctan, asinh, erf, powerprop (absolute units)
     python benchmarks/overhead.py --threads 1     # torch and the kernel on one thread
     python benchmarks/overhead.py --cpu-time      # time blocks by this process's CPU seconds
 
@@ -81,6 +82,14 @@ TORCH_PATH_VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {  # with --t
     "wc fixed (torch path)": lambda m: (wc.apply(m, kind="tanh-torch"), m)[1],
     "wc learn (torch path)": lambda m: (wc.apply(m, kind="tanh-torch", learnable=True), m)[1],
 }
+PAPER = {"scale": 1.0, "a": 1.0, "b": 0.6}  # the paper's kinds in absolute units
+PAPER_KIND_VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {  # with --paper-kinds
+    "arctan fixed": lambda m: (wc.apply(m, kind="arctan", **PAPER), m)[1],
+    "arctan learnable": lambda m: (wc.apply(m, kind="arctan", learnable=True, **PAPER), m)[1],
+    "asinh fixed": lambda m: (wc.apply(m, kind="asinh", **PAPER), m)[1],
+    "erf fixed": lambda m: (wc.apply(m, kind="erf", **PAPER), m)[1],
+    "powerprop fixed": lambda m: (wc.apply(m, kind="powerprop", scale=1.0), m)[1],
+}
 BEFORE_12_VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {  # with --before-issue-12
     "wc fixed (before #12)": lambda m: (wc.apply(m, kind="tanh-before-12"), m)[1],
     "wc learn (before #12)": lambda m: (wc.apply(m, kind="tanh-before-12", learnable=True), m)[1],
@@ -141,12 +150,15 @@ def machine() -> str:
     return f"{cpu}; {threads} threads; torch {torch.__version__}; Python {python}; {kernel}; {timed}"
 
 
-def run(rounds: int, steps: int, torch_path: bool = False, before_12: bool = False) -> dict:
+def run(
+    rounds: int, steps: int, torch_path: bool = False, before_12: bool = False, paper_kinds: bool = False
+) -> dict:
     results: dict = {"machine": machine(), "batch": BATCH, "rounds": rounds, "steps_per_block": steps}
     for model_name, build in {"cnn": small_cnn, "mlp": mlp}.items():
         timers = {}
         variants = {**VARIANTS, **(TORCH_PATH_VARIANTS if torch_path else {})}
         variants |= BEFORE_12_VARIANTS if before_12 else {}
+        variants |= PAPER_KIND_VARIANTS if paper_kinds else {}
         for variant, transform in variants.items():
             torch.manual_seed(0)
             timers[variant] = train_step_timer(transform(build()), steps)
@@ -210,6 +222,10 @@ def parse_args(
             "--before-issue-12", action="store_true",
             help="also time the inexact sigmoid-based tanh the library used before issue 12",
         )  # fmt: skip
+        parser.add_argument(
+            "--paper-kinds", action="store_true",
+            help="also time the paper's kinds (arctan fixed and learnable, asinh, erf, powerprop; scale 1)",
+        )  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -226,7 +242,7 @@ def write_json(results: dict, path: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__, 10, argv, torch_path=True)
-    results = run(args.rounds, args.steps, args.torch_path, args.before_issue_12)
+    results = run(args.rounds, args.steps, args.torch_path, args.before_issue_12, args.paper_kinds)
     print_results(results)
     write_json(results, args.json)
     return 0

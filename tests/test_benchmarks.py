@@ -13,11 +13,14 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize("script", ["overhead.py", "bilevel_overhead.py"])
 def test_benchmark_script_runs(script, tmp_path):
     out = tmp_path / "out.json"
+    extra = ["--paper-kinds"] if script == "overhead.py" else []
     subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--rounds", "1", "--steps", "1", "--json", str(out)],
+        [sys.executable, str(BENCHMARKS / script), "--rounds", "1", "--steps", "1", "--json", str(out), *extra],
         check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     results = json.loads(out.read_text())
+    if extra:
+        assert {"arctan fixed", "arctan learnable", "powerprop fixed"} <= set(results["mlp"]["train_ratio"])
     assert "threads" in results["machine"]
     ratios = [results["ratio"]] if "ratio" in results else [results[m]["train_ratio"] for m in ("cnn", "mlp")]
     assert all(value > 0 for r in ratios for value in r.values())
