@@ -14,10 +14,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def test_benchmark_script_runs(script, tmp_path):
     out = tmp_path / "out.json"
     extra = ["--paper-kinds"] if script == "overhead.py" else []
-    subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--rounds", "1", "--steps", "1", "--json", str(out), *extra],
-        check=True, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    command = [sys.executable, str(BENCHMARKS / script), "--rounds", "1", "--steps", "1", "--json", str(out)]
+    subprocess.run([*command, *extra], check=True, capture_output=True, text=True, timeout=300)
     results = json.loads(out.read_text())
     if extra:
         assert {"arctan fixed", "arctan learnable", "powerprop fixed"} <= set(results["mlp"]["train_ratio"])
