@@ -14,7 +14,7 @@ deltas stand in the last column for reference; nothing here is typed in by hand.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +35,29 @@ PAPER_DELTAS = "C10 R18 +0.40, C10 R50 +0.75, C100 R50 +1.56, ImageNet R50 +0.22
 FULL_SEEDS = 5
 
 
-def paired_cells(runs: Sequence[Any], variant: str, key: str) -> dict[str, Any] | None:
-    """Paired difference (report.paired_difference's dict) of `variant` - base on final[key]."""
+def final_values(runs: Sequence[Any], key: str) -> dict[str, dict[int, float]]:
+    """variant -> seed -> final.json[key], over the runs that have it."""
+    out: dict[str, dict[int, float]] = {}
+    for r in runs:
+        if r.final.get(key) is not None:
+            out.setdefault(r.variant, {})[r.seed] = float(r.final[key])
+    return out
+
+
+def paired(values: Mapping[str, Mapping[int, float]], variant: str,
+           base: str = "base") -> dict[str, Any] | None:
+    """Paired difference (report.paired_difference's dict) of `variant` - `base` over the seeds
+    both have, from variant -> seed -> value; None where either variant has no value."""
     from weight_compander.harness.report.stats import paired_difference
 
-    def values(name: str) -> dict[int, float]:
-        return {r.seed: float(r.final[key]) for r in runs
-                if r.variant == name and r.final.get(key) is not None}  # fmt: skip
-
-    mine, base = values(variant), values("base")
-    if not mine or not base:
+    if not values.get(variant) or not values.get(base):
         return None
-    return paired_difference(mine, base)
+    return paired_difference(values[variant], values[base])
+
+
+def paired_cells(runs: Sequence[Any], variant: str, key: str) -> dict[str, Any] | None:
+    """Paired difference (report.paired_difference's dict) of `variant` - base on final[key]."""
+    return paired(final_values(runs, key), variant)
 
 
 def cell(d: dict[str, Any] | None) -> str:

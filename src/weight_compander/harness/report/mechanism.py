@@ -28,7 +28,7 @@ from weight_compander.harness.run.metrics import MEMORIZATION_SAMPLE
 if TYPE_CHECKING:
     from weight_compander.harness.store.scan import Run
 
-__all__ = ["kurtosis_lines", "memorization_lines", "section"]
+__all__ = ["kurtosis_lines", "kurtosis_table", "memorization_lines", "section"]
 
 
 # --------------------------------------------------------------------------- report
@@ -90,6 +90,18 @@ def memorization_lines(runs: Sequence[Run], order: Sequence[str], figdir: Path, 
 
 def kurtosis_lines(runs: Sequence[Run], order: Sequence[str]) -> list[str]:
     """A table of each layer's weight kurtosis after the last epoch, per variant; [] if none."""
+    table = kurtosis_table(runs, order)
+    if not table:
+        return []
+    return ["#### Weight kurtosis per layer", "",
+            "Kurtosis of each Linear/Conv layer's effective weight after the last epoch (mean ± std "
+            "over seeds; 1.8: uniform, 3: Gaussian, more: heavy tails, which stretch a "
+            "quantization grid). Rows: layers in network order; n: seeds.", "", *table, ""]
+
+
+def kurtosis_table(runs: Sequence[Run], order: Sequence[str]) -> list[str]:
+    """The Markdown table of `kurtosis_lines` alone: a row per layer (mean ± std over seeds of the
+    last epoch's kurtosis), a column per variant of `order` that has it, and the mean over layers."""
     last = [(r.variant, r.metrics[-1]["kurtosis"]) for r in runs
             if r.metrics and r.metrics[-1].get("kurtosis")]
     if not last:
@@ -101,17 +113,13 @@ def kurtosis_lines(runs: Sequence[Run], order: Sequence[str]) -> list[str]:
             per[variant][name].append(float(value))
     shown = [v for v in order if v in per]
     count = collections.Counter(v for v, _ in last)
-    lines = ["#### Weight kurtosis per layer", "",
-             "Kurtosis of each Linear/Conv layer's effective weight after the last epoch (mean ± std "
-             "over seeds; 1.8: uniform, 3: Gaussian, more: heavy tails, which stretch a "
-             "quantization grid). Rows: layers in network order; n: seeds.", "",
-             "| layer | " + " | ".join(f"{v} (n={count[v]})" for v in shown) + " |",
+    lines = ["| layer | " + " | ".join(f"{v} (n={count[v]})" for v in shown) + " |",
              "|---|" + "---:|" * len(shown)]
     for name in layers:
         lines.append(f"| {name} | " + " | ".join(_pm(per[v].get(name, [])) for v in shown) + " |")
     mean_row = [_pm([statistics.fmean(k.values()) for u, k in last if u == v]) for v in shown]
     lines.append("| **mean over layers** | " + " | ".join(mean_row) + " |")
-    return [*lines, ""]
+    return lines
 
 
 def section(runs: Sequence[Run], order: Sequence[str], figdir: Path, prefix: str = "") -> list[str]:
