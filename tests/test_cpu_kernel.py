@@ -131,6 +131,22 @@ def test_disabled_by_the_environment_without_a_warning(fresh_kernel, monkeypatch
     assert cpu_kernel.kernel_status().startswith("disabled")
 
 
+@pytest.mark.parametrize("kind", cpu_kernel.ODD_KINDS)
+def test_paper_kinds_without_the_kernel_run_the_formula(fresh_kernel, monkeypatch, kind):
+    """WEIGHT_COMPANDER_KERNEL=0 (or no compiler): the paper's kinds compute the formula itself, bit
+    for bit as the kind without a fast path, with autograd's gradients."""
+    monkeypatch.setenv("WEIGHT_COMPANDER_KERNEL", "0")
+    spec = wc.get_kind(kind)
+    hyper = {n: torch.tensor(h.default * 1.1, requires_grad=True) for n, h in spec.hyperparameters.items()}
+    v = (torch.randn(8, 5) * 2).requires_grad_()
+    s = torch.tensor(0.7)
+    w = spec.compand(v, s, hyper)
+    assert backward_class(w) != "_OddKernelBackward"
+    assert torch.equal(w, s * spec.forward(v / s, **hyper))
+    w.sum().backward()
+    assert v.grad is not None and all(h.grad is not None for h in hyper.values())
+
+
 def test_torch_compile_traces_the_torch_path():
     s, g, L = hypers()
     v = torch.randn(300) * 0.05
