@@ -365,6 +365,121 @@ static inline void powerprop_terms(double x, double alpha, double *first, double
     *second = 0.0;
 }
 
+/* A row's constants, in double and (for the float paths) in float. */
+typedef struct {
+    double k, c, alpha;
+    float kf, cf, slopef;
+} OddConst;
+
+static inline OddConst odd_const(const double *p) {
+    OddConst q = {p[ODD_K], p[ODD_C], p[ODD_ALPHA], (float)p[ODD_K], (float)p[ODD_C], (float)(p[ODD_C] * p[ODD_K])};
+    return q;
+}
+
+/* Per kind, one weight's w (KIND_w) and dw/dv (KIND_dw, with fixed hyperparameters). arctan's, asinh's
+ * and erf's w are float arithmetic (errors below 6e-7: the 1e-6 law holds); powerprop's is in double
+ * (|v|^alpha multiplies a relative error alpha-fold).
+ * dw/dv is float where float keeps it within 1e-6 (the law is 1e-5), double for powerprop's power.
+ * A float |k v| has two roundings (k's and the product's): 1.2e-7 relative, 1.2e-7 at most in phi. */
+#define PI_4_F 0.785398163f
+static const float atan_f[7] = {0.047086851730832054f, -0.084568840156167654f, 0.11040623326080143f,
+                                           -0.14281600780937911f, 0.19999884343538737f, -0.33333332104853125f,
+                                           0.99999999997857458f};
+
+static inline float arctan_w(float v, const OddConst *q) {
+    float x = fabsf(v * q->kf);
+    int big = x > 2.41421356f, mid = x > 0.414213562f; /* tan(3 pi/8), tan(pi/8), as for the double */
+    float num = mid ? x - 1.0f : x, den = mid ? x + 1.0f : 1.0f, offset = mid ? PI_4_F : 0.0f;
+    num = big ? -1.0f : num; /* one select after another: GCC vectorizes no nested ones here */
+    den = big ? x : den;
+    offset = big ? 2.0f * PI_4_F : offset;
+    float z = num / den, z2 = z * z, p = atan_f[0];
+    p = fmaf(p, z2, atan_f[1]), p = fmaf(p, z2, atan_f[2]), p = fmaf(p, z2, atan_f[3]);
+    p = fmaf(p, z2, atan_f[4]), p = fmaf(p, z2, atan_f[5]), p = fmaf(p, z2, atan_f[6]);
+    return copysignf(q->cf * fmaf(z, p, offset), v);
+}
+static inline float arctan_dw(float v, const OddConst *q) {
+    float x = fabsf(v * q->kf);
+    return q->slopef / fmaf(x, x, 1.0f);
+}
+/* ln(y) for a positive normal float, as log_double in float arithmetic (series to q^9; 1.5e-7). */
+static inline float log_float(float y) {
+    int32_t bits;
+    memcpy(&bits, &y, sizeof bits);
+    float n = (float)((bits >> 23) - 127);
+    bits = (bits & 0x007fffff) | 0x3f800000; /* m in [1, 2) */
+    float m;
+    memcpy(&m, &bits, sizeof m);
+    float big = m > 1.41421356f ? 1.0f : 0.0f;
+    m *= 1.0f - 0.5f * big;
+    n += big;
+    float q = (m - 1.0f) / (m + 1.0f), z = q * q;
+    float p = fmaf(fmaf(fmaf(fmaf(1.0f / 9, z, 1.0f / 7), z, 1.0f / 5), z, 1.0f / 3), z, 1.0f);
+    return fmaf(n, 0.693145752f, fmaf(n, 1.42860677e-6f, 2.0f * q * p)); /* ln 2 = hi + lo, n hi exact */
+}
+
+/* asinh in float: a polynomial to 1/2, then ln(x + sqrt(x^2 + 1)), with x scaled by 2^-66 above 1e18
+ * (x^2, even x, would overflow; there sqrt(x^2 + 1) is x in float) and 66 ln 2 added back. */
+static const float asinh_f[8] = {-0.0065220537828856538f, 0.014787778479503693f, -0.021872362080447749f,
+                                 0.030326110027829572f, -0.044639410454086724f, 0.074999894447721469f,
+                                 -0.16666666542697403f, 0.99999999999759936f};
+
+static inline float asinh_w(float v, const OddConst *q) {
+    float x = fabsf(v * q->kf), near = x < 0.5f ? x : 0.5f, x2 = near * near, p = asinh_f[0]; /* finite */
+    p = fmaf(p, x2, asinh_f[1]), p = fmaf(p, x2, asinh_f[2]), p = fmaf(p, x2, asinh_f[3]);
+    p = fmaf(p, x2, asinh_f[4]), p = fmaf(p, x2, asinh_f[5]), p = fmaf(p, x2, asinh_f[6]);
+    p = fmaf(p, x2, asinh_f[7]);
+    float huge = x > 1e18f ? 1.0f : 0.0f, scaled = fabsf(v) * (q->kf * (huge > 0.0f ? 0x1p-66f : 1.0f));
+    float large = log_float(scaled + sqrtf(fmaf(scaled, scaled, 1.0f - huge))) + huge * 45.7477139f;
+    float small = x <= 0.5f ? 1.0f : 0.0f; /* a blend: see asinh_value */
+    return copysignf(q->cf * (small * (near * p) + (1.0f - small) * large), v);
+}
+static inline float asinh_dw(float v, const OddConst *q) {
+    float x = fabsf(v * q->kf);
+    return q->slopef / (x > 1e18f ? x : sqrtf(fmaf(x, x, 1.0f))); /* no overflow of x^2 */
+}
+/* exp(-x^2) in float for x >= 0 (2^-124 where it is smaller: negligible wherever it is used). */
+static inline float exp_minus_square(float x) {
+    float t = -x * x * (float)LOG2E;
+    t = t < -124.0f ? -124.0f : t;
+    float n = (t + 12582912.0f) - 12582912.0f, two_n = pow2_int(n);
+    return fmaf(two_n, pow2m1_reduced(t - n), two_n);
+}
+
+/* erf in float: erf_value's polynomials; beyond 1 the float erfc part is 0.16 of erf at most, so its
+ * float errors (x^2's rounding amplified by exp) stay below 1.5e-7 of erf. */
+static const float erf_small_f[8] = {-9.6349914617564338e-06f, 0.00011254640848365841f, -0.00084825077534361358f,
+                                     0.0052209232170960232f, -0.026865392124903662f, 0.11283781839101299f,
+                                     -0.37612638425957279f, 1.1283791670570977f};
+static const float erfcx_f[11] = {-0.036330738491193455f, 0.25306101590387781f, -0.77917404435385573f,
+                                  1.3746620328235191f, -1.4744029132408589f, 0.86606493485444991f,
+                                  -0.054044567095871132f, -0.28981610779888389f, 0.0039144526037205862f,
+                                  0.56361862163818222f, 3.0888463691924883e-05f};
+
+static inline float erf_w(float v, const OddConst *q) {
+    float x = fabsf(v * q->kf), x2 = x * x, p = erf_small_f[0], inverse = 1.0f / (x < 1.0f ? 1.0f : x);
+    p = fmaf(p, x2, erf_small_f[1]), p = fmaf(p, x2, erf_small_f[2]), p = fmaf(p, x2, erf_small_f[3]);
+    p = fmaf(p, x2, erf_small_f[4]), p = fmaf(p, x2, erf_small_f[5]), p = fmaf(p, x2, erf_small_f[6]);
+    p = fmaf(p, x2, erf_small_f[7]);
+    float r = erfcx_f[0];
+    r = fmaf(r, inverse, erfcx_f[1]), r = fmaf(r, inverse, erfcx_f[2]), r = fmaf(r, inverse, erfcx_f[3]);
+    r = fmaf(r, inverse, erfcx_f[4]), r = fmaf(r, inverse, erfcx_f[5]), r = fmaf(r, inverse, erfcx_f[6]);
+    r = fmaf(r, inverse, erfcx_f[7]), r = fmaf(r, inverse, erfcx_f[8]), r = fmaf(r, inverse, erfcx_f[9]);
+    r = fmaf(r, inverse, erfcx_f[10]);
+    float tail = fmaf(-exp_minus_square(x), r, 1.0f);
+    tail = x >= 4.0f ? 1.0f : tail;
+    return copysignf(q->cf * (x <= 1.0f ? x * p : tail), v);
+}
+static inline float erf_dw(float v, const OddConst *q) { /* 2 / sqrt(pi) exp(-x^2) */
+    return q->slopef * 1.12837917f * exp_minus_square(fabsf(v * q->kf));
+}
+static inline float powerprop_w(float v, const OddConst *q) {
+    return copysignf((float)(q->c * powerprop_value(fabs(v * q->k), q->alpha)), v);
+}
+static inline float powerprop_dw(float v, const OddConst *q) {
+    return (float)(q->c * q->k * powerprop_slope(fabs(v * q->k), q->alpha));
+}
+
 /* One span (part of a row) of each direction, for one kind: gw is NULL forward, sums NULL without
  * learnable hyperparameters. Generated per kind, so that the compiler inlines and vectorizes phi. */
 typedef void (*OddSpan)(const float *gw, const float *v, float *out, int64_t count, const double *p,
@@ -373,28 +488,25 @@ typedef void (*OddSpan)(const float *gw, const float *v, float *out, int64_t cou
 #define ODD_SPANS(KIND)                                                                                 \
     static void KIND##_forward_span(const float *gw, const float *restrict v, float *restrict w,       \
                                     int64_t count, const double *p, double *sums) {                    \
-        const double k = p[ODD_K], c = p[ODD_C], alpha = p[ODD_ALPHA];                                 \
+        const OddConst q = odd_const(p);                                                               \
         (void)gw, (void)sums;                                                                          \
         for (int64_t j = 0; j < count; j += CHUNK) {                                                   \
             prefetch_chunk(v + j);                                                                     \
             const int64_t end = j + CHUNK < count ? j + CHUNK : count;                                 \
-            _Pragma("omp simd") for (int64_t i = j; i < end; i++) {                                    \
-                w[i] = copysignf((float)(c * KIND##_value(fabs(v[i] * k), alpha)), v[i]);             \
-            }                                                                                          \
+            _Pragma("omp simd") for (int64_t i = j; i < end; i++) w[i] = KIND##_w(v[i], &q);           \
         }                                                                                              \
     }                                                                                                  \
     static void KIND##_backward_span(const float *restrict gw, const float *restrict v,                \
                                      float *restrict gv, int64_t count, const double *p, double *sums) { \
-        const double k = p[ODD_K], slope = p[ODD_C] * p[ODD_K], alpha = p[ODD_ALPHA];                  \
+        const OddConst q = odd_const(p);                                                               \
+        const double k = q.k, slope = q.c * q.k, alpha = q.alpha;                                      \
         double first_sum = 0.0, second_sum = 0.0;                                                      \
         for (int64_t j = 0; j < count; j += CHUNK) {                                                   \
             prefetch_chunk(v + j);                                                                     \
             prefetch_chunk(gw + j);                                                                    \
             const int64_t end = j + CHUNK < count ? j + CHUNK : count;                                 \
             if (!sums) {                                                                               \
-                _Pragma("omp simd") for (int64_t i = j; i < end; i++) {                                \
-                    gv[i] = (float)(gw[i] * (slope * KIND##_slope(fabs(v[i] * k), alpha)));            \
-                }                                                                                      \
+                _Pragma("omp simd") for (int64_t i = j; i < end; i++) gv[i] = gw[i] * KIND##_dw(v[i], &q); \
                 continue;                                                                              \
             }                                                                                          \
             _Pragma("omp simd reduction(+ : first_sum, second_sum)") for (int64_t i = j; i < end; i++) { \
