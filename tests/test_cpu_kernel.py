@@ -65,22 +65,26 @@ def test_a_built_kernel_is_reused_without_compiling(fresh_kernel, monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+@pytest.mark.parametrize("kind", ["tanh", *cpu_kernel.ODD_KINDS])
 @pytest.mark.parametrize("rows", [1, 7])
-def test_results_do_not_depend_on_the_number_of_threads(rows):
+def test_results_do_not_depend_on_the_number_of_threads(rows, kind):
     """Several blocks per row, so the hyperparameter sums are combined across threads."""
     gen = torch.Generator().manual_seed(0)
     v0 = torch.randn(rows, 50_000, generator=gen) * 0.05
     grad_w = torch.randn(v0.shape, generator=gen)
     results = []
     threads = torch.get_num_threads()
+    spec = wc.get_kind(kind)
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
             v = v0.clone().requires_grad_()
-            s, g, L = (h.clone().requires_grad_() for h in hypers(rows))
-            w = fused_tanh(v, s.detach(), g, L)
+            s, *hyper = (h.clone().requires_grad_() for h in hypers(rows))
+            names = list(spec.hyperparameters)
+            w = spec.compand(v, s.detach(), dict(zip(names, hyper[: len(names)], strict=True)))
+            assert type(w.grad_fn).__name__ in ("_TanhKernelBackward", "_OddKernelBackward")
             w.backward(grad_w)
-            results.append([w.detach(), v.grad, g.grad, L.grad])
+            results.append([w.detach(), v.grad, *(h.grad for h in hyper[: len(names)])])
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:
