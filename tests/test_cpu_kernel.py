@@ -65,22 +65,26 @@ def test_a_built_kernel_is_reused_without_compiling(fresh_kernel, monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+@pytest.mark.parametrize("kind", ["tanh", *cpu_kernel.ODD_KINDS])
 @pytest.mark.parametrize("rows", [1, 7])
-def test_results_do_not_depend_on_the_number_of_threads(rows):
+def test_results_do_not_depend_on_the_number_of_threads(rows, kind):
     """Several blocks per row, so the hyperparameter sums are combined across threads."""
     gen = torch.Generator().manual_seed(0)
     v0 = torch.randn(rows, 50_000, generator=gen) * 0.05
     grad_w = torch.randn(v0.shape, generator=gen)
     results = []
     threads = torch.get_num_threads()
+    spec = wc.get_kind(kind)
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
             v = v0.clone().requires_grad_()
-            s, g, L = (h.clone().requires_grad_() for h in hypers(rows))
-            w = fused_tanh(v, s.detach(), g, L)
+            s, *hyper = (h.clone().requires_grad_() for h in hypers(rows))
+            names = list(spec.hyperparameters)
+            w = spec.compand(v, s.detach(), dict(zip(names, hyper[: len(names)], strict=True)))
+            assert type(w.grad_fn).__name__ in ("_TanhKernelBackward", "_OddKernelBackward")
             w.backward(grad_w)
-            results.append([w.detach(), v.grad, g.grad, L.grad])
+            results.append([w.detach(), v.grad, *(h.grad for h in hyper[: len(names)])])
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:
@@ -129,6 +133,22 @@ def test_disabled_by_the_environment_without_a_warning(fresh_kernel, monkeypatch
         w = fused_tanh(torch.randn(10).requires_grad_(), *hypers())
     assert backward_class(w) == "_TanhTorchBackward"
     assert cpu_kernel.kernel_status().startswith("disabled")
+
+
+@pytest.mark.parametrize("kind", cpu_kernel.ODD_KINDS)
+def test_paper_kinds_without_the_kernel_run_the_formula(fresh_kernel, monkeypatch, kind):
+    """WEIGHT_COMPANDER_KERNEL=0 (or no compiler): the paper's kinds compute the formula itself, bit
+    for bit as the kind without a fast path, with autograd's gradients."""
+    monkeypatch.setenv("WEIGHT_COMPANDER_KERNEL", "0")
+    spec = wc.get_kind(kind)
+    hyper = {n: torch.tensor(h.default * 1.1, requires_grad=True) for n, h in spec.hyperparameters.items()}
+    v = (torch.randn(8, 5) * 2).requires_grad_()
+    s = torch.tensor(0.7)
+    w = spec.compand(v, s, hyper)
+    assert backward_class(w) != "_OddKernelBackward"
+    assert torch.equal(w, s * spec.forward(v / s, **hyper))
+    w.sum().backward()
+    assert v.grad is not None and all(h.grad is not None for h in hyper.values())
 
 
 def test_torch_compile_traces_the_torch_path():

@@ -442,27 +442,98 @@ def float64_second_order(kind, v, scale, hyper, upstream, direction):
     return [f.detach() for f in first], torch.autograd.grad(dot, leaves)
 
 
+KERNEL_KINDS = {"tanh": "_TanhKernelBackward", **{k: "_OddKernelBackward" for k in cpu_kernel.ODD_KINDS}}
+
+
 @pytest.mark.skipif(cpu_kernel.load() is None, reason="the C kernel cannot be built here")
 @pytest.mark.parametrize("layout", ["tensor", "rows"])
-def test_c_kernel_path_second_derivatives_match_float64(layout):
+@pytest.mark.parametrize("kind", KERNEL_KINDS)
+def test_c_kernel_path_second_derivatives_match_float64(kind, layout):
     """The C kernel path (CPU float32) under create_graph=True: first and second derivatives within
-    float32 precision of float64 autograd through the formula, for v and both hyperparameters."""
+    float32 precision of float64 autograd through the formula, for v and every hyperparameter."""
 
     @settings(max_examples=15, deadline=None)
     @given(mags=magnitudes, fs=hyper_factors, s=st.floats(0.01, 3.0), seed=st.integers(0, 2**16))
     def law(mags, fs, s, seed):
-        v, scale, hyper = second_order_inputs("tanh", layout, mags, fs, s, torch.float32)
+        v, scale, hyper = second_order_inputs(kind, layout, mags, fs, s, torch.float32)
         gen = torch.Generator().manual_seed(seed)
         upstream = torch.randn(v.shape, generator=gen)
         leaves = [x.clone().requires_grad_() for x in (v, *hyper.values())]
         direction = [torch.randn(x.shape, generator=gen) for x in leaves]
-        w = compand_path("tanh", leaves[0], scale, dict(zip(hyper, leaves[1:], strict=True)))
-        assert type(w.grad_fn).__name__ == "_TanhKernelBackward"
+        w = compand_path(kind, leaves[0], scale, dict(zip(hyper, leaves[1:], strict=True)))
+        assert type(w.grad_fn).__name__ == KERNEL_KINDS[kind]
         first = torch.autograd.grad((w * upstream).sum(), leaves, create_graph=True)
         dot = sum((f * d).sum() for f, d in zip(first, direction, strict=True))
         second = torch.autograd.grad(dot, leaves)
-        want_first, want_second = float64_second_order("tanh", v, scale, hyper, upstream, direction)
+        want_first, want_second = float64_second_order(kind, v, scale, hyper, upstream, direction)
         for got, want in zip([*first, *second], [*want_first, *want_second], strict=True):
             assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
     law()
+
+
+# --- the paper's kinds on the C kernel path (CPU float32) ----------------------------------------
+
+PAPER_HYPER = {"arctan": {"a": 1.3, "b": 0.6}, "asinh": {"a": 0.8, "b": 0.6}, "erf": {"a": 1.0, "b": 2.5},
+               "powerprop": {"alpha": 1.7}}  # fmt: skip
+
+
+@pytest.mark.skipif(cpu_kernel.load() is None, reason="the C kernel cannot be built here")
+@pytest.mark.parametrize("rows", [1, 3], ids=["per-tensor", "per-channel"])
+@pytest.mark.parametrize("kind", cpu_kernel.ODD_KINDS)
+def test_paper_kinds_on_the_kernel_match_float64_autograd(kind, rows):
+    """w within 1e-6, dLoss/dv within 1e-5 (elementwise), every hyperparameter gradient within 1e-5 of
+    float64 autograd through the formula at the same float32 inputs: weights of a real layer plus
+    1e-30 .. 1e3 in both signs, and an upstream gradient of both signs (the sums cancel)."""
+    gen = torch.Generator().manual_seed(rows)
+    v = torch.cat([torch.randn(rows, 3000, generator=gen), torch.logspace(-30, 3, 300).expand(rows, -1)], 1)
+    v = torch.cat([v, -v, torch.zeros(rows, 1)], 1)
+    scale = torch.tensor(0.7) if rows == 1 else torch.tensor([[0.7], [1.1], [2.0]])
+    hyper = {k: x * (torch.tensor(1.0) if rows == 1 else torch.tensor([[1.0], [1.2], [0.9]]))
+             for k, x in PAPER_HYPER[kind].items()}  # fmt: skip
+    upstream = torch.randn(v.shape, generator=gen)
+    leaves = [x.clone().requires_grad_() for x in (v, *hyper.values())]
+    w = compand_path(kind, leaves[0], scale, dict(zip(hyper, leaves[1:], strict=True)))
+    assert type(w.grad_fn).__name__ == "_OddKernelBackward"
+    got = torch.autograd.grad((w * upstream).sum(), leaves)
+    leaves64 = [x.detach().double().requires_grad_() for x in leaves]
+    w64 = formula_path(kind, leaves64[0], scale.double(), dict(zip(hyper, leaves64[1:], strict=True)))
+    want = torch.autograd.grad((w64 * upstream.double()).sum(), leaves64)
+    normal = w64.abs() > 1e-30  # powerprop's |v|^alpha underflows float32 below (see above)
+    assert ((w.double() - w64).abs()[normal] <= 1e-6 * w64.abs()[normal]).all()
+    assert (w[~normal].abs() <= 1e-30).all() and same_bits(w[:, -1], torch.zeros(rows))
+    assert ((got[0].double() - want[0]).abs() <= 1e-5 * want[0].abs() + 1e-30).all()
+    for name, g, g64 in zip(hyper, got[1:], want[1:], strict=True):
+        # the sum may cancel: bound its error by the sum of its terms' magnitudes
+        magnitude = term_magnitudes(kind, name, leaves64, scale.double(), upstream.double(), list(hyper))
+        assert ((g.double() - g64).abs() <= 1e-5 * magnitude).all(), name
+
+
+def term_magnitudes(kind, name, leaves64, scale, upstream, names):
+    """sum(|dLoss/dw * dw/dh|) for hyperparameter ``name`` (each of its values), in float64."""
+    h = dict(zip(names, [x.detach() for x in leaves64[1:]], strict=True))
+    expanded = h[name].expand(leaves64[0].shape).clone().requires_grad_()
+    w = formula_path(kind, leaves64[0].detach(), scale, {**h, name: expanded})
+    (partial,) = torch.autograd.grad(w, expanded, torch.ones_like(w))  # dw/dh, weight by weight
+    return (upstream * partial).abs().sum_to_size(h[name].shape)
+
+
+@pytest.mark.skipif(cpu_kernel.load() is None, reason="the C kernel cannot be built here")
+@pytest.mark.parametrize("kind", cpu_kernel.ODD_KINDS)
+def test_paper_kinds_vectorized_jacobian_on_the_kernel_path(kind):
+    """Batched upstream gradients (legacy vmap) reach the kernel Function's backward: it must take
+    them as torch operations and give the formula's Jacobian and Hessian."""
+    v = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    s = torch.tensor(0.5)
+    hyper = {k: torch.tensor(x) for k, x in PAPER_HYPER[kind].items()}
+    assert type(compand_path(kind, v.requires_grad_(), s, hyper).grad_fn).__name__ == "_OddKernelBackward"
+    functional = torch.autograd.functional
+
+    def plain(x):
+        return formula_path(kind, x, s.double(), {k: h.double() for k, h in hyper.items()})
+
+    got = functional.jacobian(lambda x: compand_path(kind, x, s, hyper), v.detach(), vectorize=True)
+    assert torch.allclose(got.double(), functional.jacobian(plain, v.detach().double()), rtol=1e-5, atol=1e-6)
+    got = functional.hessian(lambda x: compand_path(kind, x, s, hyper).sum(), v.detach(), vectorize=True)
+    want = functional.hessian(lambda x: plain(x).sum(), v.detach().double())
+    assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-5)

@@ -1,9 +1,11 @@
-"""The C kernel of the tanh compander on CPU: built on first use, cached, called through ctypes.
+"""The C kernel of the tanh compander (and the paper's kinds) on CPU: built on first use, cached,
+called through ctypes.
 
 Why: a training step on a weight-heavy model is bound by memory traffic, and the exact tanh in
 torch operations (``fused.py``) takes seven passes over the weights forward. The kernel
 (``kernels/tanh.c``) takes one pass each way and is faster than the old inexact
-``2*sigmoid(2u) - 1`` path (see docs/speed.md).
+``2*sigmoid(2u) - 1`` path (see docs/speed.md). The same file holds arctan, asinh, erf and
+powerprop (``ODD_KINDS``), one pass each way too: one build, one cache entry.
 
 It is plain C, with no torch or Python headers, so any C compiler builds it in under a second:
 ``$CC`` or ``cc``/``gcc``/``clang``, with ``-march=native`` and OpenMP where the compiler has
@@ -45,7 +47,7 @@ from torch import Tensor
 
 from .exceptions import CompanderWarning
 
-__all__ = ["TanhKernel", "kernel_status", "load"]
+__all__ = ["ODD_KINDS", "TanhKernel", "kernel_status", "load"]
 
 _FLAG_SETS = (  # tried in order; the first that compiles wins
     ["-march=native", "-fopenmp"],
@@ -58,6 +60,7 @@ _CPUINFO = "/proc/cpuinfo"
 _CPUINFO_FIELDS = ("model name", "flags", "Features", "CPU implementer", "CPU part")
 _status = ""  # set by load()
 Params = Tensor | ctypes.Array  # each row's s, g, L, k: see TanhKernel
+ODD_KINDS = ("arctan", "asinh", "erf", "powerprop")  # wc_odd's kind numbers, in order
 
 
 class TanhKernel:
@@ -73,6 +76,7 @@ class TanhKernel:
         self._forward = _entry(library.wc_tanh_forward, [p, p, i64, i64, p, c_int], None)
         self._backward = _entry(library.wc_tanh_backward, [p, p, p, i64, i64, p, c_int], None)
         self._backward_sums = _entry(library.wc_tanh_backward_sums, [p, p, p, i64, i64, p, p, c_int], c_int)
+        self._odd = _entry(library.wc_odd, [c_int, p, p, p, i64, i64, p, p, c_int], c_int)
 
     def forward(self, v: Tensor, params: Params) -> Tensor:
         """``w = s L tanh(k v)``."""
@@ -96,6 +100,23 @@ class TanhKernel:
         if failed:
             raise MemoryError("weight_compander's tanh kernel could not allocate its partial sums.")
         return grad_v, sums
+
+    def odd(self, kind: str, v: Tensor, params: Params, grad_w: Tensor | None = None, sums: bool = False):
+        """A paper kind's ``w`` (``grad_w`` None), else dLoss/dv, and with ``sums`` also each row's two
+        float64 sums of the hyperparameter gradients (shape ``(rows, 2)``; see ``kernels/tanh.c``).
+
+        ``params`` holds each row's ``k``, ``c`` and ``alpha`` (and one unused value) as float64:
+        ``w = c * phi(k * v)``, ``phi`` arctan, asinh, erf or ``sign(x) |x|^alpha``.
+        """
+        out = torch.empty_like(v)
+        rows = params.shape[0] if isinstance(params, Tensor) else 1
+        totals = torch.empty(rows, 2, dtype=torch.float64) if sums else None
+        failed = self._odd(ODD_KINDS.index(kind), None if grad_w is None else grad_w.data_ptr(), v.data_ptr(),
+                           out.data_ptr(), *_layout(v, params), None if totals is None else totals.data_ptr(),
+                           torch.get_num_threads())  # fmt: skip
+        if failed:
+            raise MemoryError("weight_compander's kernel could not allocate its partial sums.")
+        return (out, totals) if sums else out
 
 
 def _layout(v: Tensor, params: Params) -> tuple[int, int, int | ctypes.Array]:

@@ -274,17 +274,24 @@ def _register_paper_kinds() -> None:
     The paper uses them in absolute units (``scale=1.0``): ``w = a * arctan(v / b)`` with one
     ``(a, b)`` for the whole network.
     """
+    from .fused import fused_odd  # CPU float32: one C kernel pass each way; else the formula
+
     ab = {"a": Hyperparameter(defaults.PAPER_A), "b": Hyperparameter(defaults.PAPER_B)}
-    arctan = _a_phi_of_v_over_b(torch.atan, torch.tan)
-    register_kind("arctan", *arctan, ab, bound="a", bound_factor=math.pi / 2)
-    register_kind("asinh", *_a_phi_of_v_over_b(torch.asinh, torch.sinh), ab)
-    register_kind("erf", *_a_phi_of_v_over_b(torch.erf, torch.erfinv), ab, bound="a")
+    for name, phi, phi_inverse, bound, factor in [
+        ("arctan", torch.atan, torch.tan, "a", math.pi / 2),
+        ("asinh", torch.asinh, torch.sinh, None, 1.0),
+        ("erf", torch.erf, torch.erfinv, "a", 1.0),
+    ]:
+        forward, inverse = _a_phi_of_v_over_b(phi, phi_inverse)
+        fused = fused_odd(name, forward)
+        register_kind(name, forward, inverse, ab, bound=bound, bound_factor=factor, fused=fused)
     register_kind("linear", _linear, _linear_inverse, {"slope": Hyperparameter(defaults.LINEAR_SLOPE)})
     register_kind(
         "powerprop",
         _powerprop,
         _powerprop_inverse,
         {"alpha": Hyperparameter(defaults.POWERPROP_ALPHA, lower=1.0)},
+        fused=fused_odd("powerprop", _powerprop),
     )
 
 

@@ -24,6 +24,11 @@ Hessian-vector products use, and every ``torch.func`` transform), both Functions
 inputs, so autograd's derivative of it is the exact second derivative. ``_TanhTorch`` has
 ``setup_context`` and a generated vmap rule, so ``torch.func.grad``, ``vmap`` and ``jacrev`` work.
 
+The paper's kinds (arctan, asinh, erf: ``w = s a phi(v / (s b))``; powerprop) have a kernel path
+too (``fused_odd``): ``phi`` in double from the float32 ``v``, one rounding, the sign copied back,
+and learnable hyperparameters' gradients as per-row float64 sums from the same backward pass.
+Wherever the kernel does not run, they compute their formula, as they did before they had one.
+
 Both give the hyperparameter gradients as one sum each over the weights (per tensor or per
 output channel), of float64 terms in float64:
 
@@ -39,6 +44,7 @@ were 6e-5 to 9e-5 off float64 on a random 1024x1024 weight (``benchmarks/precisi
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -175,6 +181,100 @@ class _TanhKernel(torch.autograd.Function):
         grad_gain = _per_hyper(sums[:, 0], gain) if want_gain else None
         grad_limit = _per_hyper(sums[:, 1], limit) if want_limit else None
         return grad_v, None, grad_gain, grad_limit, None
+
+
+# --- the paper's kinds: w = s a phi(v / (s b)) (arctan, asinh, erf) and powerprop -------------------
+
+
+class _OddKernel(torch.autograd.Function):
+    """A paper kind through the C kernel: ``w = c phi(k v)`` forward, dLoss/dv (with learnable
+    hyperparameters also their float64 sums) backward, one pass each. ``formula`` is the kind's
+    ``phi(x, **hyper)`` on unit scale, for the differentiable backward."""
+
+    @staticmethod
+    def forward(ctx, v: Tensor, scale: Tensor, kernel, kind: str, formula, names: tuple, *hyper: Tensor):
+        ctx.kernel, ctx.kind, ctx.formula, ctx.names = kernel, kind, formula, names
+        ctx.params = _odd_params(kind, v, scale, dict(zip(names, hyper, strict=True)))
+        ctx.save_for_backward(v, scale, *hyper)
+        return kernel.odd(kind, v, ctx.params)
+
+    @staticmethod
+    def backward(ctx, grad_w: Tensor):
+        v, scale, *hyper = ctx.saved_tensors
+        rest = (None,) * 4  # kernel, kind, formula, names
+        want = ctx.needs_input_grad[6:]
+        if _differentiating_backward(grad_w):
+            grad_v, *grads = _differentiable_odd_backward(ctx, grad_w, v, scale, hyper)
+            return grad_v, None, *rest, *grads
+        if not any(want):
+            grad_v = ctx.kernel.odd(ctx.kind, v, ctx.params, grad_w.contiguous())
+            return grad_v, None, *rest, *(None for _ in hyper)
+        grad_v, sums = ctx.kernel.odd(ctx.kind, v, ctx.params, grad_w.contiguous(), sums=True)
+        grads = _odd_hyper_gradients(ctx.kind, sums, scale, dict(zip(ctx.names, hyper, strict=True)))
+        return grad_v, None, *rest, *(g if w else None for g, w in zip(grads, want, strict=True))
+
+
+def _odd_params(kind: str, v: Tensor, scale: Tensor, hyper: dict[str, Tensor]) -> cpu_kernel.Params:
+    """Each row's k, c and alpha (``w = c phi(k v)``) in float64, for the C kernel."""
+    rows = _rows(v, scale, *hyper.values())
+    if kind == "powerprop":  # w = s sign(v / s) |v / s|^alpha
+        parts = [scale, hyper["alpha"]]
+        values = lambda s, alpha: (1 / s, s, alpha)  # noqa: E731
+    else:  # w = s a phi(v / (s b))
+        parts = [scale, hyper["a"], hyper["b"]]
+        values = lambda s, a, b: (1 / (s * b), s * a, 0.0 * s)  # noqa: E731
+    if rows == 1:
+        return _ONE_ROW(*values(*(x.item() for x in parts)), 0.0)
+    k, c, alpha = values(*(_per_row(x, rows) for x in parts))
+    return torch.stack([k, c, alpha, torch.zeros_like(k)], dim=1)
+
+
+def _odd_hyper_gradients(kind: str, sums: Tensor, scale: Tensor, hyper: dict[str, Tensor]) -> list[Tensor]:
+    """dLoss/dh for each hyperparameter (in ``hyper``'s order) from the kernel's per-row float64 sums:
+    dw/da = s phi(u), dw/db = -(s a / b) u phi'(u), dw/dalpha = s sign(u) |u|^alpha ln|u| (u = k v)."""
+    rows = sums.shape[0]
+    s = _per_row(scale, rows)
+    if kind == "powerprop":
+        return [_per_hyper(s * sums[:, 0], hyper["alpha"])]
+    a, b = _per_row(hyper["a"], rows), _per_row(hyper["b"], rows)
+    return [_per_hyper(s * sums[:, 0], hyper["a"]), _per_hyper(-(s * a / b) * sums[:, 1], hyper["b"])]
+
+
+def _differentiable_odd_backward(ctx, grad_w: Tensor, v: Tensor, scale: Tensor, hyper: list[Tensor]):
+    """The backward as differentiable torch operations (second derivatives, batched gradients).
+
+    The formula's elementwise partial derivatives come from autograd with ``create_graph``, against
+    each hyperparameter expanded to ``v``'s shape (w at one index depends on v and the hyperparameters
+    at that index only); times the upstream gradient, summed to each hyperparameter's shape. All in
+    float64, like the tanh's: a float32 formula's second derivative summed over many weights may
+    cancel to 1e-4 of float64.
+    """
+    needs = [ctx.needs_input_grad[0], *ctx.needs_input_grad[6:]]
+    with torch.enable_grad():
+        leaves = [x if x.requires_grad else x.detach().requires_grad_() for x in (v, *hyper)]
+        expanded = [leaves[0].double(), *(h.double().expand(v.shape) for h in leaves[1:])]
+        s = scale.double()
+        w = s * ctx.formula(expanded[0] / s, **dict(zip(ctx.names, expanded[1:], strict=True)))
+        targets = [x for x, need in zip(expanded, needs, strict=True) if need]
+        partials = iter(torch.autograd.grad(w, targets, torch.ones_like(w), create_graph=True))
+    grads = [grad_w.double() * next(partials) if need else None for need in needs]
+    sums = (g if g is None else _sum_to(g, h) for g, h in zip(grads[1:], hyper, strict=True))
+    return [grads[0] if grads[0] is None else grads[0].to(v.dtype), *sums]
+
+
+def fused_odd(kind: str, formula: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """The fast path of a paper kind (``cpu_kernel.ODD_KINDS``) whose unit-scale function is
+    ``formula(x, **hyper)``: the C kernel on CPU float32 (see ``fused_tanh`` for when), else the
+    formula ``s * formula(v / s)`` itself, as the kind without a fast path computes it."""
+
+    def fused(v: Tensor, scale: Tensor, **hyper: Tensor) -> Tensor:
+        kernel = _kernel_for(v, scale, *hyper.values())
+        if kernel is None:
+            return scale * formula(v / scale, **hyper)
+        return _OddKernel.apply(v, scale, kernel, kind, formula, tuple(hyper), *hyper.values())
+
+    fused.__name__ = f"fused_{kind}"
+    return fused
 
 
 def _kernel_params(v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor) -> cpu_kernel.Params:
