@@ -170,6 +170,54 @@ def test_special_values_match_the_torch_path():
     assert w[2].isnan() and w[0].item() == pytest.approx(0.15)
 
 
+def one_weight_per_row() -> torch.Tensor:
+    """Weights of both signs from 1e-38 to 3e38, one per row, so each row's hyperparameter sums are
+    one weight's terms: the kernel's float64 exp(-2|u|) (a polynomial, not libm's) and arctan's one
+    division for two quotients, checked across the float range, saturation included."""
+    magnitudes = torch.logspace(-38, 38.4, 400, dtype=torch.float64).float()
+    return torch.cat([magnitudes, -magnitudes]).view(-1, 1)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+@pytest.mark.parametrize("k", [1e-3, 1.0, 37.5])
+def test_tanh_hyperparameter_terms_match_float64_over_the_whole_range(k):
+    v = one_weight_per_row()
+    grad_w = torch.linspace(-1.0, 1.5, v.shape[0]).view(-1, 1)
+    s, g = 0.05, 1.5
+    params = torch.tensor([[s, g, g / (s * k), k]], dtype=torch.float64).expand(v.shape[0], 4).contiguous()
+    grad_v, sums = cpu_kernel.load().backward_sums(grad_w, v, params)
+    v64, grad64 = v.double().flatten(), grad_w.double().flatten()
+    a = (v64 * k).abs()
+    sech2 = torch.cosh(a).reciprocal().square()  # float64 libm; 0 where cosh overflows (|u| > 710)
+    tiny = 1e-300 * (grad64 * v64).abs()  # the kernel stops exp at 2^-1000 (sech^2 = 4e-301, not 0)
+    gain = grad64 * v64 * sech2
+    assert ((sums[:, 0] - gain).abs() <= 1e-9 * gain.abs() + tiny).all()
+    limit = s * grad64 * (torch.tanh(a) - a * sech2).copysign(v64)
+    # tanh|u| - |u| sech^2(u) = 2|u|^3/3 - ... cancels as u -> 0 (by 1e-16/u^2, in both computations),
+    # and the polynomial's 2^r is 4e-11 off near r = 0: the kernel's tanh|u| is up to 5e-11 there
+    # (a bias of a sum whose terms all have |u| below about 1e-2)
+    allowed = 1e-9 * limit.abs() + (1e-15 * a + 5e-11) * s * grad64.abs() + tiny
+    assert ((sums[:, 1] - limit).abs() <= allowed).all()
+    grad_v64 = g * sech2 * grad64
+    assert ((grad_v.double().flatten() - grad_v64).abs() <= 1e-6 * grad_v64.abs() + 1e-38).all()
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler on this machine")
+@pytest.mark.parametrize("k", [1.0, 1e70])  # 1e70: |k v| above 1e100 too
+def test_arctan_hyperparameter_terms_match_float64_over_the_whole_range(k):
+    v = one_weight_per_row()
+    grad_w = torch.linspace(-1.0, 1.5, v.shape[0]).view(-1, 1)
+    c = 0.7
+    params = torch.tensor([[k, c, 0.0, 0.0]], dtype=torch.float64).expand(v.shape[0], 4).contiguous()
+    grad_v, sums = cpu_kernel.load().odd("arctan", v, params, grad_w, sums=True)
+    x, signed = (v.double() * k).abs().flatten(), (grad_w.double() * v.double().sign()).flatten()
+    slope = 1 / (1 + x * x)  # float64: x stays below 1e109 here
+    assert torch.allclose(sums[:, 0], signed * torch.atan(x), rtol=1e-9, atol=0)
+    assert torch.allclose(sums[:, 1], signed * x * slope, rtol=1e-9, atol=0)
+    grad_v64 = grad_w.double().flatten() * c * k * slope  # below 1e-38, float32 rounds it to 0 or subnormal
+    assert torch.allclose(grad_v.double().flatten(), grad_v64, rtol=1e-6, atol=1e-38)
+
+
 # ---------------------------------------------------------------- a shared machine
 
 PLANTED = r"""

@@ -110,31 +110,40 @@ static void backward_span(const float *restrict gw, const float *restrict v, flo
     }
 }
 
-/* 2^r for |r| <= 1/2 in double: a minimax polynomial of degree 7 (relative error < 5e-11). */
-static inline double pow2_reduced_double(double r) {
-    double p = 1.5205826056246832e-05;
-    p = fma(p, r, 1.5469323158322562e-04);
-    p = fma(p, r, 1.3333905616770539e-03);
-    p = fma(p, r, 9.6180271334385400e-03);
-    p = fma(p, r, 5.5504103743775880e-02);
-    p = fma(p, r, 2.4022651199285328e-01);
-    p = fma(p, r, 6.9314718072203100e-01);
-    return fma(p, r, 9.9999999996159790e-01);
+/* scale 2^r for |r| <= 1/2 in double: a minimax polynomial of degree 7 (relative error < 5e-11).
+ * scale is a constant wherever this is inlined, and the compiler folds it into the coefficients. */
+static inline double pow2_reduced_double(double r, double scale) {
+    double p = 1.5205826056246832e-05 * scale;
+    p = fma(p, r, 1.5469323158322562e-04 * scale);
+    p = fma(p, r, 1.3333905616770539e-03 * scale);
+    p = fma(p, r, 9.6180271334385400e-03 * scale);
+    p = fma(p, r, 5.5504103743775880e-02 * scale);
+    p = fma(p, r, 2.4022651199285328e-01 * scale);
+    p = fma(p, r, 6.9314718072203100e-01 * scale);
+    return fma(p, r, 9.9999999996159790e-01 * scale);
 }
 
-/* 2^t in double for |t| <= 1000 (beyond, 2^+-1000: 0 or overflow once converted to float), to
- * 5e-11 relative: t = n + r with the integer n put into the exponent bits. */
-static inline double pow2_double(double t) {
-    t = t < -1000.0 ? -1000.0 : t; /* 2^n stays a normal double */
-    t = t > 1000.0 ? 1000.0 : t;
-    double shifted = t + 6755399441055744.0;               /* the integer n in the low mantissa bits */
-    double n = shifted - 6755399441055744.0;
+#define POW2_SHIFT 6755399441055744.0 /* 1.5 2^52: t + POW2_SHIFT has the integer n in its low bits */
+
+/* scale 2^t in double for t in [-1000, 1000] (the caller clamps it: there 2^n stays a normal double),
+ * to 5e-11 relative: t = n + r with the integer n put into the exponent bits (1023 + n, in [23, 2023],
+ * is in the low bits of t + POW2_SHIFT + 1023, and the shift keeps just those). */
+static inline double pow2_clamped(double t, double scale) {
+    double shifted = t + (POW2_SHIFT + 1023.0);
+    double n = shifted - (POW2_SHIFT + 1023.0);
     int64_t bits;
     memcpy(&bits, &shifted, sizeof bits);
-    bits = (bits + 1023) << 52;
+    bits <<= 52;
     double two_n;
     memcpy(&two_n, &bits, sizeof two_n);
-    return two_n * pow2_reduced_double(t - n);
+    return two_n * pow2_reduced_double(t - n, scale);
+}
+
+/* 2^t in double for |t| <= 1000 (beyond, 2^+-1000: 0 or overflow once converted to float). */
+static inline double pow2_double(double t) {
+    t = t < -1000.0 ? -1000.0 : t;
+    t = t > 1000.0 ? 1000.0 : t;
+    return pow2_clamped(t, 1.0);
 }
 
 /* dLoss/dv and the per-block sums of dLoss/dg and dLoss/dL / s, all in double: each sum adds a
@@ -144,9 +153,13 @@ static inline double pow2_double(double t) {
  *   dLoss/dv = 4g S dLoss/dw,   dLoss/dg = 4 sum(dLoss/dw v S),
  *   dLoss/dL = s sum(dLoss/dw sign(v) (tanh|u| - |u| sech^2(u))),  tanh|u| = (1 - e) / (1 + e).
  * The last difference is 2|u|^3/3 - ... and loses 1e-16 / u^2 of itself as u -> 0, where its
- * terms are too small to matter to the sum. */
+ * terms are too small to matter to the sum.
+ * The loop is bound by its count of vector operations: e2 = 2 ln(2) e comes out of the polynomial
+ * (scaled coefficients), so that -4|u| S = t s2 with s2 = 2 ln(2) S needs no multiplication by
+ * 2 ln(2); the sums of s2 terms are scaled back at the end. */
 static void backward_sums_span(const float *restrict gw, const float *restrict v, float *restrict gv,
                                int64_t count, double kt, double gain4, double *sums) {
+    const double gain4_s2 = gain4 / TWO_LN2;
     double gain_sum = 0.0, limit_sum = 0.0;
     for (int64_t j = 0; j < count; j += CHUNK) {
         prefetch_chunk(v + j);
@@ -156,16 +169,17 @@ static void backward_sums_span(const float *restrict gw, const float *restrict v
         for (int64_t i = j; i < end; i++) {
             double x = v[i], g = gw[i];
             double t = -fabs(x * kt);
-            double e = pow2_double(t);
-            double r = 1.0 / (1.0 + e);
-            double er = e * r, s = er * r, gs = g * s;
-            gv[i] = (float)(gs * gain4);
-            gain_sum = fma(gs, x, gain_sum);
-            double limit_part = fma(TWO_LN2 * t, s, r - er); /* tanh|u| - 4|u| S */
+            t = t < -1000.0 ? -1000.0 : t; /* 2^-1000: S = 0 in every sum that matters */
+            double e2 = pow2_clamped(t, TWO_LN2);
+            double r = 1.0 / fma(e2, 1.0 / TWO_LN2, 1.0);
+            double e2r = e2 * r, s2 = e2r * r, gs2 = g * s2;
+            gv[i] = (float)(gs2 * gain4_s2);
+            gain_sum = fma(gs2, x, gain_sum);
+            double limit_part = fma(t, s2, fma(e2r, -1.0 / TWO_LN2, r)); /* tanh|u| - 4|u| S */
             limit_sum = fma(g, copysign(limit_part, x), limit_sum);
         }
     }
-    sums[0] = 4.0 * gain_sum;
+    sums[0] = (4.0 / TWO_LN2) * gain_sum;
     sums[1] = limit_sum;
 }
 
@@ -280,23 +294,6 @@ static inline double log_double(double y) {
     return ((double)e + big) * LN2 + 2.0 * q * horner(series, 8, z);
 }
 
-/* atan(x), x >= 0, as offset + atan(z) with |z| <= tan(pi/8) and one division: z = -1/x (offset pi/2)
- * above tan(3 pi/8), z = (x - 1) / (x + 1) (offset pi/4) above tan(pi/8), else z = x. */
-static inline double arctan_value(double x, double alpha) {
-    static const double poly[] = {0.047086851730832054, -0.084568840156167654, 0.11040623326080143,
-                                  -0.14281600780937911, 0.19999884343538737, -0.33333332104853125,
-                                  0.99999999997857458}; /* atan(z) / z in z^2, |z| <= tan(pi/8) */
-    (void)alpha;
-    int big = x > TAN_3PI_8, mid = x > TAN_PI_8;
-    double z = (big ? -1.0 : (mid ? x - 1.0 : x)) / (big ? x : (mid ? x + 1.0 : 1.0));
-    return fma(z, horner(poly, 7, z * z), big ? 2.0 * PI_4 : (mid ? PI_4 : 0.0));
-}
-
-static inline double arctan_slope(double x, double alpha) {
-    (void)alpha;
-    return 1.0 / fma(x, x, 1.0);
-}
-
 /* asinh(x), x >= 0: a polynomial to 1/2, then ln(x + sqrt(x^2 + 1)). x = |k v| stays below 1e129 for
  * float v, s and b, so x^2 does not overflow a double. (A blend, and no select feeding log_double's
  * bit operations: GCC vectorizes neither select here.) */
@@ -346,23 +343,41 @@ static inline double powerprop_slope(double x, double alpha) {
     return x > 0.0 ? alpha * p : 0.0; /* alpha > 1: the slope at 0 is 0 */
 }
 
-/* The two hyperparameter terms of one weight (see the section's comment), sign of v excluded. */
-static inline void arctan_terms(double x, double alpha, double *first, double *second) {
-    *first = arctan_value(x, alpha);
-    *second = x * arctan_slope(x, alpha);
+/* The two hyperparameter terms of one weight (see the section's comment), sign of v excluded, and the
+ * slope phi'(x) for dLoss/dv. */
+/* arctan: atan(x), x >= 0, as offset + atan(z) with |z| <= tan(pi/8): z = -1/x (offset pi/2) above
+ * tan(3 pi/8), z = (x - 1) / (x + 1) (offset pi/4) above tan(pi/8), else z = x; and the slope
+ * 1 / (1 + x^2). One division for both (two bound the loop): q = 1 / (den (1 + x^2)) gives
+ * z = num (1 + x^2) q and the slope den q; above 1e100, where the product could overflow, q = 1/x
+ * gives z = -q and the slope q^2 (1/x^2 to double precision). */
+static inline void arctan_terms(double x, double alpha, double *first, double *second, double *slope) {
+    static const double poly[] = {0.047086851730832054, -0.084568840156167654, 0.11040623326080143,
+                                  -0.14281600780937911, 0.19999884343538737, -0.33333332104853125,
+                                  0.99999999997857458}; /* atan(z) / z in z^2, |z| <= tan(pi/8) */
+    (void)alpha;
+    int big = x > TAN_3PI_8, mid = x > TAN_PI_8, huge = x > 1e100;
+    double num = big ? -1.0 : (mid ? x - 1.0 : x), den = big ? x : (mid ? x + 1.0 : 1.0);
+    double square1 = fma(x, x, 1.0), q = 1.0 / (huge ? x : den * square1);
+    double z = huge ? -q : num * square1 * q;
+    *slope = huge ? q * q : den * q;
+    *first = fma(z, horner(poly, 7, z * z), big ? 2.0 * PI_4 : (mid ? PI_4 : 0.0));
+    *second = x * *slope;
 }
-static inline void asinh_terms(double x, double alpha, double *first, double *second) {
+static inline void asinh_terms(double x, double alpha, double *first, double *second, double *slope) {
     *first = asinh_value(x, alpha);
-    *second = x * asinh_slope(x, alpha);
+    *slope = asinh_slope(x, alpha);
+    *second = x * *slope;
 }
-static inline void erf_terms(double x, double alpha, double *first, double *second) {
+static inline void erf_terms(double x, double alpha, double *first, double *second, double *slope) {
     *first = erf_value(x, alpha);
-    *second = x * erf_slope(x, alpha);
+    *slope = erf_slope(x, alpha);
+    *second = x * *slope;
 }
-static inline void powerprop_terms(double x, double alpha, double *first, double *second) {
+static inline void powerprop_terms(double x, double alpha, double *first, double *second, double *slope) {
     double ln = log_double(x);
     *first = x > 0.0 ? pow2_double(alpha * LOG2E * ln) * ln : 0.0;
     *second = 0.0;
+    *slope = powerprop_slope(x, alpha);
 }
 
 /* A row's constants, in double and (for the float paths) in float. */
@@ -510,9 +525,10 @@ typedef void (*OddSpan)(const float *gw, const float *v, float *out, int64_t cou
                 continue;                                                                              \
             }                                                                                          \
             _Pragma("omp simd reduction(+ : first_sum, second_sum)") for (int64_t i = j; i < end; i++) { \
-                double x = fabs(v[i] * k), g = gw[i], signed_g = g * copysign(1.0, v[i]), first, second; \
-                KIND##_terms(x, alpha, &first, &second); /* even in v; powerprop's first may be < 0 */ \
-                gv[i] = (float)(g * (slope * KIND##_slope(x, alpha)));                                 \
+                double x = fabs(v[i] * k), g = gw[i], signed_g = g * copysign(1.0, v[i]);              \
+                double first, second, phi_slope; /* even in v; powerprop's first may be < 0 */         \
+                KIND##_terms(x, alpha, &first, &second, &phi_slope);                                   \
+                gv[i] = (float)(g * (slope * phi_slope));                                              \
                 first_sum = fma(signed_g, first, first_sum);                                           \
                 second_sum = fma(signed_g, second, second_sum);                                        \
             }                                                                                          \
