@@ -53,6 +53,10 @@ LABEL_NOISE = {
 }
 COLUMNS = [*ROBUSTNESS, *LABEL_NOISE]
 NOT_RUN = "not run"
+# The headline (README): the library's and the paper's WC, the columns a reader decides on.
+HEADLINE_VARIANTS = {"wc-fixed": "library WC", "paper-wc": "paper's WC"}
+HEADLINE_COLUMNS = ["clean", "corruptions", "prune 90 % global", "2-bit max-abs", "2-bit MSE", "weight noise",
+                    *LABEL_NOISE]  # fmt: skip
 
 
 def accuracy(entry: dict[str, Any], family: str, level: float | None) -> float | None:
@@ -91,7 +95,9 @@ def benchmark_values(studies: Path, bench: str, runs: list[Any] | None) -> tuple
                     values[column].setdefault(run.variant, {})[run.seed] = float(acc)
     for column, (kind, key) in LABEL_NOISE.items():
         folder = studies / f"noise-{NOISE_FOLDERS.get(bench)}-{kind}"
-        if bench in NOISE_FOLDERS and folder.is_dir():
+        if bench not in NOISE_FOLDERS:  # not part of the label-noise study: "—", not "not run"
+            values[column] = {} if runs is not None else None
+        elif folder.is_dir():
             values[column] = final_values(scan_runs(folder).runs, key)
     return values, [e for _, e in found]
 
@@ -117,6 +123,28 @@ def tables(diffs: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             cells = [d if d == NOT_RUN else cell(d) for d in (columns[c][variant] for c in COLUMNS)]
             lines.append(f"| {bench} | " + " | ".join(cells) + " |")
         lines.append("")
+    return lines
+
+
+def short(d: Any) -> str:
+    """A headline cell: as in the full tables, without "n=5" where every seed is there."""
+    if d == NOT_RUN:
+        return NOT_RUN
+    text = cell(d)
+    return text.replace(f" n={FULL_SEEDS}", "") if d and d["n"] >= FULL_SEEDS else text
+
+
+def headline(diffs: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """One compact table: a row per benchmark with results and WC variant, Δ [95% CI] per headline
+    column (n only where it is below 5); benchmarks not run at all are left out."""
+    lines = ["| benchmark | WC | " + " | ".join(HEADLINE_COLUMNS) + " |",
+             "|---|---|" + "---|" * len(HEADLINE_COLUMNS)]  # fmt: skip
+    for bench, columns in diffs.items():
+        if all(columns[c][v] == NOT_RUN for c in HEADLINE_COLUMNS for v in HEADLINE_VARIANTS):
+            continue
+        for variant, label in HEADLINE_VARIANTS.items():
+            cells = [short(columns[c][variant]) for c in HEADLINE_COLUMNS]
+            lines.append(f"| {bench} | {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -232,7 +260,10 @@ def main(argv: Sequence[str]) -> int:
     diffs, evaluated = deltas(studies, stage3)
     figure(diffs, png)
     picture = Path(os.path.relpath(png, out.parent)).as_posix()
-    lines = [*header(studies, out, png, evaluated), *tables(diffs),
+    lines = [*header(studies, out, png, evaluated),
+             "## Headline", "", "The library's WC (`wc-fixed`) and the paper's (`paper-wc`) on the columns a "
+             "reader decides on (the README's table; every column for every variant below).", "",
+             *headline(diffs), "", *tables(diffs),
              "## Figure", "", f"![paired difference to base per condition]({picture})", "",
              *kurtosis_section(stage3)]
     out.parent.mkdir(parents=True, exist_ok=True)

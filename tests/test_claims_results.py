@@ -117,7 +117,7 @@ def test_cells_are_paired_differences_of_the_right_results(tmp_path):
         cells = row(text, variant, "F-mlp")
         for column, keys in COLUMN_RESULTS.items():
             assert cells[column] == expected(planted["F-mlp"], variant, keys), (variant, column)
-        assert {cells[c] for c in claims_results.LABEL_NOISE} == {"not run"}  # no label-noise folder
+        assert {cells[c] for c in claims_results.LABEL_NOISE} == {"—"}  # not in the label-noise study
     assert {row(text, "weight-norm", "F-mlp")[c] for c in claims_results.ROBUSTNESS} == {"—"}  # not in it
 
     d = row(text, "paper-wc", "D")  # 2 of 5 seeds: partial, no verdict
@@ -131,6 +131,12 @@ def test_cells_are_paired_differences_of_the_right_results(tmp_path):
     assert row(text, "wc-fixed", "F-small")["sym 40 % final"].endswith("n=3, partial*")
     assert set(row(text, "paper-wc", "P-resnet").values()) == {"not run"}
     assert set(row(text, "kure", "M1D").values()) == {"not run"}
+
+    headline = text.split("## Headline")[1].split("\n## ")[0]  # the README's table: n only below 5
+    library = next(line for line in headline.splitlines() if line.startswith("| F-mlp | library WC |"))
+    clean = expected(planted["F-mlp"], "wc-fixed", COLUMN_RESULTS["clean"])
+    assert library.split(" | ")[2] == clean.replace(" n=5", "")
+    assert "| F-small | paper's WC |" in headline and "| P-resnet |" not in headline  # not run: left out
 
     kurtosis = text.split("### F-mlp")[1].split("###")[0]  # last epoch, mean ± std over 5 seeds
     assert "| 0.weight | 3.20 ± 0.16 | 3.20 ± 0.16 | 3.20 ± 0.16 | 3.20 ± 0.16 |" in kurtosis
