@@ -165,3 +165,15 @@ def test_the_committed_studies(tmp_path):
     cells = row(out.read_text(encoding="utf-8"), "paper-wc", "F-mlp")
     assert all(cells[c].endswith("n=5") for c in claims_results.ROBUSTNESS)
     assert (tmp_path / "claims.png").stat().st_size > 0
+
+
+def test_the_readme_headline_is_the_one_the_committed_runs_give(tmp_path):
+    """The README's verdict table is copied from the script's headline: it must not drift."""
+    out = tmp_path / "claims.md"
+    assert claims_results.main([str(ROOT / "studies"), str(out)]) == 0
+    computed = {line for line in out.read_text(encoding="utf-8").split("## Headline")[1].split("\n## ")[0]
+                .splitlines() if line.startswith("| ")}  # fmt: skip
+    verdict = (ROOT / "README.md").read_text(encoding="utf-8").split("## The verdict")[1].split("\n## ")[0]
+    rows = [line for line in verdict.splitlines() if line.startswith("| ")]
+    assert len(rows) >= 3, "the README's verdict has no table"
+    assert set(rows) == computed
