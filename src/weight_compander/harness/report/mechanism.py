@@ -51,7 +51,7 @@ def memorization_lines(runs: Sequence[Run], order: Sequence[str], figdir: Path, 
     shown = [v for v in order if any(r.variant == v for r in have)]
     name = f"{prefix}memorization.png"
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for i, v in enumerate(shown):
         rs = [r for r in have if r.variant == v]
         ep, mem = mean_curve(rs, "noisy_memorized")
@@ -62,7 +62,7 @@ def memorization_lines(runs: Sequence[Run], order: Sequence[str], figdir: Path, 
     ax.set_ylabel("% of flipped training examples (mean over seeds)")
     ax.set_title("memorization of the wrong training labels", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves, not on them
     fig.tight_layout()
     save(fig, figdir / name)
     plt.close(fig)
