@@ -47,9 +47,9 @@ def _list(kind: type) -> Callable[[str], list]:
     return parse
 
 
-def _images(text: str) -> int | None:
-    if text == "all":
-        return None
+def _images(text: str) -> int | str:
+    if text == "all":  # "all", not None: None means "not given" to run(), which would keep the default
+        return "all"
     try:
         return int(text)
     except ValueError:
