@@ -121,7 +121,7 @@ def test_best_val_weights_are_evaluated_on_request_and_say_so(folder, capsys):
     assert code == 0 and "best_val weights" in capsys.readouterr().out
     final, e = json.loads((run / "final.json").read_text()), entry(run, "best_val")
     assert e["epoch"] == final["best_epoch"] and e["images"] == 359
-    assert e["suite"]["images"] is None  # --images all is the whole test set, the suite a comparison's "all" has
+    assert e["suite"]["images"] is None  # --images all: the whole test set, as a comparison's "all"
     assert e["clean"]["acc"] == pytest.approx(final["test_acc_best_val"], abs=1e-9)
     assert entry(run)["images"] == 150  # the final-weights entry is kept beside it
 
