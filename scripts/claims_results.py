@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from paper_results import BENCHMARKS, FULL_SEEDS, cell, final_values, paired  # scripts/ is sys.path[0]
+from paper_results import FULL_SEEDS, cell, final_values, paired, stage3_runs  # scripts/ is sys.path[0]
 
 # variant -> what it is; a table each, in this order
 VARIANTS = {"paper-wc": "the paper's arctan WC", "wc-fixed": "the library's WC",
@@ -69,14 +69,6 @@ def accuracy(entry: dict[str, Any], family: str, level: float | None) -> float |
     return hits[0] if len(hits) == 1 else None
 
 
-def stage3_runs(studies: Path) -> dict[str, list[Any] | None]:
-    """bench -> the finished runs of its stage-3 comparison (None where its folder does not exist)."""
-    from weight_compander.harness.store.scan import scan_runs
-
-    return {bench: scan_runs(studies / folder).runs if (studies / folder).is_dir() else None
-            for bench, folder in BENCHMARKS.items()}  # fmt: skip
-
-
 def benchmark_values(studies: Path, bench: str, runs: list[Any] | None) -> tuple[dict[str, Any], list[Any]]:
     """column -> variant -> seed -> accuracy for one benchmark (None for a column whose folder does
     not exist), and the robustness entries found (for the header's test-set line)."""
@@ -93,12 +85,15 @@ def benchmark_values(studies: Path, bench: str, runs: list[Any] | None) -> tuple
                 acc = accuracy(entry, family, level)
                 if acc is not None:
                     values[column].setdefault(run.variant, {})[run.seed] = float(acc)
+    noisy: dict[str, list[Any]] = {}  # label-noise kind -> its runs, each folder scanned once
     for column, (kind, key) in LABEL_NOISE.items():
         folder = studies / f"noise-{NOISE_FOLDERS.get(bench)}-{kind}"
         if bench not in NOISE_FOLDERS:  # not part of the label-noise study: "—", not "not run"
             values[column] = {} if runs is not None else None
         elif folder.is_dir():
-            values[column] = final_values(scan_runs(folder).runs, key)
+            if kind not in noisy:
+                noisy[kind] = scan_runs(folder).runs
+            values[column] = final_values(noisy[kind], key)
     return values, [e for _, e in found]
 
 

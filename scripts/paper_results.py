@@ -71,20 +71,24 @@ def cell(d: dict[str, Any] | None) -> str:
     return text if d["n"] >= FULL_SEEDS else f"*{text}, partial*"
 
 
-def table(studies: Path, columns: Mapping[str, tuple[str, str]]) -> list[str]:
-    """One row per benchmark and accuracy (final, best val); a column per (variant, reference) pair."""
+def stage3_runs(studies: Path) -> dict[str, list[Any] | None]:
+    """bench -> the finished runs of its stage-3 comparison (None where its folder does not exist)."""
     from weight_compander.harness.store.scan import scan_runs
 
+    return {bench: scan_runs(studies / folder).runs if (studies / folder).is_dir() else None
+            for bench, folder in BENCHMARKS.items()}  # fmt: skip
+
+
+def table(stage3: Mapping[str, Sequence[Any] | None], columns: Mapping[str, tuple[str, str]]) -> list[str]:
+    """One row per benchmark and accuracy (final, best val); a column per (variant, reference) pair."""
     lines = [
         "| benchmark | accuracy | " + " | ".join(columns) + " |",
         "|---|---|" + "---|" * len(columns),
     ]
-    for bench, folder in BENCHMARKS.items():
-        path = studies / folder
-        if not path.is_dir():
+    for bench, runs in stage3.items():
+        if runs is None:
             lines.append(f"| {bench} | not run yet |" + " |" * len(columns))
             continue
-        runs = scan_runs(path).runs
         for label, key in (("final", "test_acc"), ("best val", "test_acc_best_val")):
             values = final_values(runs, key)
             cells = [cell(paired(values, variant, reference)) for variant, reference in columns.values()]
@@ -106,7 +110,8 @@ def main(argv: Sequence[str]) -> int:
         f"(*partial* below {FULL_SEEDS}: no verdict).",
         "",
     ]
-    versus_base = table(studies, {label: (variant, "base") for label, variant in COLUMNS.items()})
+    stage3 = stage3_runs(studies)  # each folder scanned once, for both tables
+    versus_base = table(stage3, {label: (variant, "base") for label, variant in COLUMNS.items()})
     reference = f"For reference, the paper's own WC − base (CIFAR/ImageNet, best val epoch): {PAPER_DELTAS}."
     controls = [
         "",
@@ -116,7 +121,7 @@ def main(argv: Sequence[str]) -> int:
         "effective learning rate of small weights by `(a/b)²`. The same pairing, paper-WC against each "
         "control directly (a difference near zero: the control explains paper-WC's effect):",
         "",
-        *table(studies, CONTROLS),
+        *table(stage3, CONTROLS),
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(head + versus_base + ["", reference] + controls) + "\n", encoding="utf-8")
