@@ -97,16 +97,51 @@ def benchmark_values(studies: Path, bench: str, runs: list[Any] | None) -> tuple
     return values, [e for _, e in found]
 
 
-def deltas(studies: Path, stage3: dict[str, list[Any] | None]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-    """bench -> column -> variant -> paired difference (None: no pair; NOT_RUN: no folder), and
-    bench -> the robustness entries found."""
+def deltas(studies: Path, stage3: dict[str, list[Any] | None]) -> tuple[dict[str, Any], dict[str, list[Any]],
+                                                                       dict[str, dict[str, Any]]]:
+    """bench -> column -> variant -> paired difference (None: no pair; NOT_RUN: no folder),
+    bench -> the robustness entries found, and bench -> column -> variant -> seed -> accuracy."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    evaluated = {}
+    evaluated, values = {}, {}
     for bench, runs in stage3.items():
-        values, evaluated[bench] = benchmark_values(studies, bench, runs)
-        out[bench] = {c: {v: NOT_RUN if values[c] is None else paired(values[c], v) for v in VARIANTS}
-                      for c in COLUMNS}  # fmt: skip
-    return out, evaluated
+        values[bench], evaluated[bench] = benchmark_values(studies, bench, runs)
+        out[bench] = {c: {v: NOT_RUN if values[bench][c] is None else paired(values[bench][c], v)
+                          for v in VARIANTS} for c in COLUMNS}  # fmt: skip
+    return out, evaluated, values
+
+
+# Comparisons the verdict draws that are not "variant − base": (title, variant, reference, columns as
+# (the variant's column, the reference's column)), paired by seed like every other cell.
+PEER_COMPARISONS = [
+    ("library WC − KURE", "wc-fixed", "kure", [("2-bit max-abs",) * 2, ("2-bit MSE",) * 2]),
+    ("Powerprop − base", "powerprop", "base",
+     [("clean",) * 2, ("prune 90 % global",) * 2, ("prune 90 % per layer",) * 2]),
+    ("library WC alone − no regularization (`wc-only` − `none`)", "wc-only", "none",
+     [(c, c) for c in LABEL_NOISE]),
+    ("paper's WC alone − no regularization (`paper-wc-only` − `none`)", "paper-wc-only", "none",
+     [(c, c) for c in LABEL_NOISE]),
+    ("library WC alone at the last epoch − no regularization stopped early", "wc-only", "none",
+     [("sym 40 % final", "sym 40 % best val"), ("pair 20 % final", "pair 20 % best val")]),
+]
+
+
+def peer_section(values: dict[str, dict[str, Any]]) -> list[str]:
+    """A table per PEER_COMPARISONS entry: a row per benchmark that has both variants."""
+    lines = ["## Against a peer or a control", ""]
+    for title, variant, reference, columns in PEER_COMPARISONS:
+        head = [a if a == b else f"{a} − {b}" for a, b in columns]
+        rows = []
+        for bench, by_column in values.items():
+            cells = []
+            for mine, theirs in columns:
+                a, b = by_column[mine] or {}, by_column[theirs] or {}
+                cells.append(cell(paired({"a": a.get(variant, {}), "b": b.get(reference, {})}, "a", "b")))
+            if any(c != "—" for c in cells):
+                rows.append(f"| {bench} | " + " | ".join(cells) + " |")
+        if rows:
+            lines += [f"### {title}", "", "| benchmark | " + " | ".join(head) + " |",
+                      "|---|" + "---|" * len(head), *rows, ""]
+    return lines
 
 
 def tables(diffs: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
@@ -252,13 +287,13 @@ def main(argv: Sequence[str]) -> int:
         print(f"{studies} is not a folder; pass the folder holding the study's comparisons", file=sys.stderr)
         return 2
     stage3 = stage3_runs(studies)
-    diffs, evaluated = deltas(studies, stage3)
+    diffs, evaluated, values = deltas(studies, stage3)
     figure(diffs, png)
     picture = Path(os.path.relpath(png, out.parent)).as_posix()
     lines = [*header(studies, out, png, evaluated),
              "## Headline", "", "The library's WC (`wc-fixed`) and the paper's (`paper-wc`) on the columns a "
              "reader decides on (the README's table; every column for every variant below).", "",
-             *headline(diffs), "", *tables(diffs),
+             *headline(diffs), "", *tables(diffs), *peer_section(values),
              "## Figure", "", f"![paired difference to base per condition]({picture})", "",
              *kurtosis_section(stage3)]
     out.parent.mkdir(parents=True, exist_ok=True)

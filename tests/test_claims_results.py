@@ -72,14 +72,14 @@ def plant_comparison(folder: Path, seeds: dict[str, range], rng: random.Random, 
     return planted
 
 
-def expected(planted: dict, variant: str, keys: list[tuple]) -> str:
-    """The cell claims_results should print: mean per-seed difference to base, 95 % t-interval, n."""
-    seeds = sorted(set(planted[variant]) & set(planted["base"]))
+def expected(planted: dict, variant: str, keys: list[tuple], reference: str = "base") -> str:
+    """The cell claims_results should print: mean per-seed difference to `reference`, 95 % t-interval, n."""
+    seeds = sorted(set(planted[variant]) & set(planted[reference]))
 
     def value(v: str, s: int) -> float:
         return statistics.fmean(planted[v][s][k] for k in keys)
 
-    diffs = [100 * (value(variant, s) - value("base", s)) for s in seeds]
+    diffs = [100 * (value(variant, s) - value(reference, s)) for s in seeds]
     mean, half = statistics.fmean(diffs), stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs)
     half /= math.sqrt(len(diffs))
     text = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] n={len(seeds)}"
@@ -137,6 +137,12 @@ def test_cells_are_paired_differences_of_the_right_results(tmp_path):
     clean = expected(planted["F-mlp"], "wc-fixed", COLUMN_RESULTS["clean"])
     assert library.split(" | ")[2] == clean.replace(" n=5", "")
     assert "| F-small | paper's WC |" in headline and "| P-resnet |" not in headline  # not run: left out
+
+    peers = text.split("## Against a peer or a control")[1].split("\n## ")[0]
+    versus_kure = peers.split("### library WC − KURE")[1].split("###")[0]
+    f_mlp = next(line for line in versus_kure.splitlines() if line.startswith("| F-mlp |")).split(" | ")
+    wc_minus_kure = expected(planted["F-mlp"], "wc-fixed", COLUMN_RESULTS["2-bit MSE"], "kure")
+    assert f_mlp[2].rstrip(" |") == wc_minus_kure
 
     kurtosis = text.split("### F-mlp")[1].split("###")[0]  # last epoch, mean ± std over 5 seeds
     assert "| 0.weight | 3.20 ± 0.16 | 3.20 ± 0.16 | 3.20 ± 0.16 | 3.20 ± 0.16 |" in kurtosis
