@@ -5,6 +5,7 @@
     python benchmarks/overhead.py --torch-path    # also the tanh as torch operations (no C kernel)
     python benchmarks/overhead.py --before-issue-12  # also the inexact tanh used before issue 12
     python benchmarks/overhead.py --paper-kinds   # also arctan, asinh, erf, powerprop (absolute units)
+    python benchmarks/overhead.py --floor         # also the learnable tanh with free hyperparameter sums
     python benchmarks/overhead.py --threads 1     # torch and the kernel on one thread
     python benchmarks/overhead.py --cpu-time      # time blocks by this process's CPU seconds
 
@@ -31,6 +32,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 import weight_compander as wc
 from tanh_before_issue12 import sigmoid_tanh
+from tanh_sums_free import sums_free_tanh
 from weight_compander.fused import fused_tanh_torch
 
 BATCH = 128
@@ -67,6 +69,8 @@ wc.register_kind("tanh-autograd", _tanh.forward, _tanh.inverse, _tanh.hyperparam
 wc.register_kind(
     "tanh-torch", _tanh.forward, _tanh.inverse, _tanh.hyperparameters, bound="limit", fused=fused_tanh_torch
 )
+wc.register_kind("tanh-sums-free", _tanh.forward, _tanh.inverse, _tanh.hyperparameters, bound="limit",
+                 fused=sums_free_tanh)
 wc.register_kind(
     "tanh-before-12", _tanh.forward, _tanh.inverse, _tanh.hyperparameters, bound="limit", fused=sigmoid_tanh
 )
@@ -89,6 +93,9 @@ PAPER_KIND_VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {  # with --p
     "asinh fixed": lambda m: (wc.apply(m, kind="asinh", **PAPER), m)[1],
     "erf fixed": lambda m: (wc.apply(m, kind="erf", **PAPER), m)[1],
     "powerprop fixed": lambda m: (wc.apply(m, kind="powerprop", scale=1.0), m)[1],
+}
+FLOOR_VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {  # with --floor
+    "wc learn (sums free)": lambda m: (wc.apply(m, kind="tanh-sums-free", learnable=True), m)[1],
 }
 BEFORE_12_VARIANTS: dict[str, Callable[[nn.Module], nn.Module]] = {  # with --before-issue-12
     "wc fixed (before #12)": lambda m: (wc.apply(m, kind="tanh-before-12"), m)[1],
@@ -151,7 +158,8 @@ def machine() -> str:
 
 
 def run(
-    rounds: int, steps: int, torch_path: bool = False, before_12: bool = False, paper_kinds: bool = False
+    rounds: int, steps: int, torch_path: bool = False, before_12: bool = False, paper_kinds: bool = False,
+    floor: bool = False,
 ) -> dict:
     results: dict = {"machine": machine(), "batch": BATCH, "rounds": rounds, "steps_per_block": steps}
     for model_name, build in {"cnn": small_cnn, "mlp": mlp}.items():
@@ -159,6 +167,7 @@ def run(
         variants = {**VARIANTS, **(TORCH_PATH_VARIANTS if torch_path else {})}
         variants |= BEFORE_12_VARIANTS if before_12 else {}
         variants |= PAPER_KIND_VARIANTS if paper_kinds else {}
+        variants |= FLOOR_VARIANTS if floor else {}
         for variant, transform in variants.items():
             torch.manual_seed(0)
             timers[variant] = train_step_timer(transform(build()), steps)
@@ -226,6 +235,11 @@ def parse_args(
             "--paper-kinds", action="store_true",
             help="also time the paper's kinds (arctan fixed and learnable, asinh, erf, powerprop; scale 1)",
         )  # fmt: skip
+        parser.add_argument(
+            "--floor", action="store_true",
+            help="also time the learnable tanh with zero-cost hyperparameter gradients (the floor of any "
+            "learnable step; wrong on purpose)",
+        )  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -247,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     # 100x (arctan learnable went from 22 to 145 ms per step, its formula twin alike). Flushing them to
     # zero keeps the timing about the reparameterization, whichever variant gets there first.
     torch.set_flush_denormal(True)
-    results = run(args.rounds, args.steps, args.torch_path, args.before_issue_12, args.paper_kinds)
+    results = run(
+        args.rounds, args.steps, args.torch_path, args.before_issue_12, args.paper_kinds, floor=args.floor
+    )
     print_results(results)
     write_json(results, args.json)
     return 0

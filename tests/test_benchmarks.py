@@ -13,12 +13,13 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize("script", ["overhead.py", "bilevel_overhead.py"])
 def test_benchmark_script_runs(script, tmp_path):
     out = tmp_path / "out.json"
-    extra = ["--paper-kinds"] if script == "overhead.py" else []
+    extra = ["--paper-kinds", "--floor"] if script == "overhead.py" else []
     command = [sys.executable, str(BENCHMARKS / script), "--rounds", "1", "--steps", "1", "--json", str(out)]
     subprocess.run([*command, *extra], check=True, capture_output=True, text=True, timeout=300)
     results = json.loads(out.read_text())
     if extra:
-        assert {"arctan fixed", "arctan learnable", "powerprop fixed"} <= set(results["mlp"]["train_ratio"])
+        want = {"arctan fixed", "arctan learnable", "powerprop fixed", "wc learn (sums free)"}
+        assert want <= set(results["mlp"]["train_ratio"])
     assert "threads" in results["machine"]
     ratios = [results["ratio"]] if "ratio" in results else [results[m]["train_ratio"] for m in ("cnn", "mlp")]
     assert all(value > 0 for r in ratios for value in r.values())
@@ -33,3 +34,29 @@ def test_kernel_choice_candidates_agree_and_are_timed(tmp_path):
     for entry in results["shapes"].values():
         assert all(d < 1e-6 for d in entry["max_relative_difference_to_kernel"].values())
         assert all(ms > 0 for hyper in ("fixed", "learnable") for ms in entry[hyper].values())
+
+
+def test_sums_free_floor_runs_the_fixed_passes_with_learnable_hyperparameters(monkeypatch):
+    """The --floor variant times the learnable step's structure around the fixed kernel passes: its w
+    and dLoss/dv are the library's, and the gain and limit get (zero) gradients as learnable ones do."""
+    import torch
+
+    import weight_compander as wc
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from tanh_sums_free import KERNEL, sums_free_tanh
+
+    if KERNEL is None:
+        pytest.skip("no C kernel here")
+    torch.manual_seed(0)
+    v = torch.randn(64, 32, requires_grad=True)
+    scale, gain, limit = (torch.tensor(x, requires_grad=x != 0.7) for x in (0.7, 1.5, 2.0))
+    w = sums_free_tanh(v, scale, gain, limit)
+    w_ref = wc.get_kind("tanh").fused(v, scale, gain=gain, limit=limit)
+    torch.testing.assert_close(w, w_ref, rtol=0, atol=0)
+    g = torch.randn_like(w)
+    (grad_v,) = torch.autograd.grad(w, v, g)
+    (grad_v_ref,) = torch.autograd.grad(w_ref, v, g)
+    torch.testing.assert_close(grad_v, grad_v_ref, rtol=1e-6, atol=0)
+    gain_grad, limit_grad = torch.autograd.grad(sums_free_tanh(v, scale, gain, limit), (gain, limit), g)
+    assert gain_grad.item() == 0.0 and limit_grad.item() == 0.0
