@@ -1,6 +1,8 @@
 """The benchmark scripts run end to end (one tiny round) and report positive ratios."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +62,19 @@ def test_sums_free_floor_runs_the_fixed_passes_with_learnable_hyperparameters(mo
     torch.testing.assert_close(grad_v, grad_v_ref, rtol=1e-6, atol=0)
     gain_grad, limit_grad = torch.autograd.grad(sums_free_tanh(v, scale, gain, limit), (gain, limit), g)
     assert gain_grad.item() == 0.0 and limit_grad.item() == 0.0
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and not os.environ.get("CC"), reason="needs a C compiler")
+def test_float_terms_experiment_times_three_passes_and_measures_their_error(tmp_path):
+    """benchmarks/float_terms.py: the library's float64 terms stay within 1e-8 of float64 arithmetic,
+    the float32-terms experiment within 1e-4 (its errors are what a reader weighs against its time)."""
+    out = tmp_path / "out.json"
+    command = [sys.executable, str(BENCHMARKS / "float_terms.py"), "--size", "65536", "--blocks", "1"]
+    subprocess.run([*command, "--json", str(out)], check=True, capture_output=True, text=True, timeout=300)
+    results = json.loads(out.read_text())
+    assert set(results["ms_per_million_weights"]) == {"fixed", "double", "float"}
+    assert all(ms > 0 for ms in results["ms_per_million_weights"].values())
+    for case in ("relative_error_random", "relative_error_cancelled"):
+        assert max(results[case]["double"]) < 1e-8
+        assert 0 < max(results[case]["float"]) < 1e-4
+    assert max(results["relative_error_cancelled"]["sum_over_rss"]) < 0.05
