@@ -147,8 +147,9 @@ static inline double pow2_double(double t) {
 }
 
 /* dLoss/dv and the per-block sums of dLoss/dg and dLoss/dL / s, all in double: each sum adds a
- * million terms whose signs differ, and float32 terms (or a float32 u), a few 1e-7 off each, would
- * leave it 1e-5 off wherever it cancels to 1 % of its terms' root-sum-square. With S = sech^2(u)/4
+ * million terms whose signs differ, and where it cancels to 1-3 % of its terms' root-sum-square,
+ * float32 terms (float64 accumulators) leave it 3e-6 off, these 2e-10, for 0.39 ms per million weights
+ * less (benchmarks/float_terms.py): 10^4 times the error, too close to the promised 1e-5. With S = sech^2(u)/4
  * = e / (1 + e)^2:
  *   dLoss/dv = 4g S dLoss/dw,   dLoss/dg = 4 sum(dLoss/dw v S),
  *   dLoss/dL = s sum(dLoss/dw sign(v) (tanh|u| - |u| sech^2(u))),  tanh|u| = (1 - e) / (1 + e).
