@@ -114,6 +114,8 @@ def deltas(studies: Path, stage3: dict[str, list[Any] | None]) -> tuple[dict[str
 # (the variant's column, the reference's column)), paired by seed like every other cell.
 PEER_COMPARISONS = [
     ("library WC − KURE", "wc-fixed", "kure", [("2-bit max-abs",) * 2, ("2-bit MSE",) * 2]),
+    ("library WC − KURE at λ = 10 (`kure-l10`: where the KURE grid's best on validation was λ = 10)",
+     "wc-fixed", "kure-l10", [("2-bit max-abs",) * 2, ("2-bit MSE",) * 2]),
     ("Powerprop − base", "powerprop", "base",
      [("clean",) * 2, ("prune 90 % global",) * 2, ("prune 90 % per layer",) * 2]),
     ("library WC alone − no regularization (`wc-only` − `none`)", "wc-only", "none",

@@ -168,8 +168,12 @@ def test_command_line_defaults_and_empty_studies(tmp_path):
 def test_the_committed_studies(tmp_path):
     out = tmp_path / "claims.md"
     assert claims_results.main([str(ROOT / "studies"), str(out)]) == 0
-    cells = row(out.read_text(encoding="utf-8"), "paper-wc", "F-mlp")
+    text = out.read_text(encoding="utf-8")
+    cells = row(text, "paper-wc", "F-mlp")
     assert all(cells[c].endswith("n=5") for c in claims_results.ROBUSTNESS)
+    at_l10 = text.split("### library WC − KURE at λ = 10")[1].split("###")[0]  # F-mlp's grid chose λ = 10
+    f_mlp = next(line for line in at_l10.splitlines() if line.startswith("| F-mlp |"))
+    assert f_mlp.count("n=5") == 2
     assert (tmp_path / "claims.png").stat().st_size > 0
 
 
