@@ -9,8 +9,9 @@
     python benchmarks/overhead.py --threads 1     # torch and the kernel on one thread
     python benchmarks/overhead.py --cpu-time      # time blocks by this process's CPU seconds
 
-Two models, batch 128: a small CNN on 28x28 input (compute-bound) and an MLP 784-1024-1024-10
-(1.8 M weights, little compute per weight: the worst case for an elementwise reparameterization).
+Three models, batch 128: a small CNN on 28x28 input (compute-bound), an MLP 784-1024-1024-10
+(1.8 M weights, little compute per weight: the worst case for an elementwise reparameterization)
+and a deep narrow MLP (50 Linear layers 64 wide: the fixed cost per companded tensor).
 Variants: plain, companded (fixed), companded (learnable), weight_norm (a peer), and inference of
 a plain vs a baked model. Blocks run interleaved (plain, wc, ..., plain, wc, ...) so machine
 noise hits every variant alike; each ratio is the median block time over plain's.
@@ -52,6 +53,16 @@ def mlp() -> nn.Module:
     return nn.Sequential(
         nn.Flatten(), nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)
     )
+
+
+def deep_narrow() -> nn.Module:
+    """50 small Linear layers (64 wide): little arithmetic per layer, so each companded tensor's
+    fixed cost per step (Python, autograd, the kernel call) shows, as in a deep narrow net."""
+    hidden = [m for _ in range(48) for m in (nn.Linear(64, 64), nn.ReLU())]
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), *hidden, nn.Linear(64, 10))
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {"cnn": small_cnn, "mlp": mlp, "deep": deep_narrow}
 
 
 def with_weight_norm(model: nn.Module) -> nn.Module:
@@ -162,7 +173,7 @@ def run(
     floor: bool = False,
 ) -> dict:
     results: dict = {"machine": machine(), "batch": BATCH, "rounds": rounds, "steps_per_block": steps}
-    for model_name, build in {"cnn": small_cnn, "mlp": mlp}.items():
+    for model_name, build in MODELS.items():
         timers = {}
         variants = {**VARIANTS, **(TORCH_PATH_VARIANTS if torch_path else {})}
         variants |= BEFORE_12_VARIANTS if before_12 else {}
@@ -195,7 +206,7 @@ def print_results(results: dict) -> None:
     rounds, steps = results["rounds"], results["steps_per_block"]
     print(f"batch {results['batch']}, {rounds} interleaved rounds of {steps} steps")
     print(f"{'model':<5} {'variant':<22} {'ms/step':>8} {'ratio':>6}")
-    for model_name in ("cnn", "mlp"):
+    for model_name in MODELS:
         r = results[model_name]
         for variant, ms in r["train_step_ms"].items():
             ratio = r["train_ratio"].get(variant, 1.0)

@@ -23,7 +23,8 @@ def test_benchmark_script_runs(script, tmp_path):
         want = {"arctan fixed", "arctan learnable", "powerprop fixed", "wc learn (sums free)"}
         assert want <= set(results["mlp"]["train_ratio"])
     assert "threads" in results["machine"]
-    ratios = [results["ratio"]] if "ratio" in results else [results[m]["train_ratio"] for m in ("cnn", "mlp")]
+    models = ("cnn", "mlp", "deep")
+    ratios = [results["ratio"]] if "ratio" in results else [results[m]["train_ratio"] for m in models]
     assert all(value > 0 for r in ratios for value in r.values())
 
 
