@@ -47,11 +47,13 @@ def build(folder: str) -> ctypes.CDLL:
     return lib
 
 
+K = GAIN / (STD * LIMIT)  # u = k v
+
+
 def backward(lib: ctypes.CDLL, name: str, grad_w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """dLoss/dg and dLoss/dL / s from one pass (zeros for "fixed", which computes dLoss/dv only)."""
-    k = GAIN / (STD * LIMIT)
     grad_v, sums = torch.empty_like(v), torch.zeros(2, dtype=torch.float64)
-    args = (grad_w.data_ptr(), v.data_ptr(), grad_v.data_ptr(), v.numel(), k, GAIN)
+    args = (grad_w.data_ptr(), v.data_ptr(), grad_v.data_ptr(), v.numel(), K, GAIN)
     if name == "fixed":
         lib.wc_tanh_backward_fixed(*args)
     else:
@@ -59,30 +61,28 @@ def backward(lib: ctypes.CDLL, name: str, grad_w: torch.Tensor, v: torch.Tensor)
     return sums
 
 
-def float64_sums(grad_w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    u = v.double() * (GAIN / (STD * LIMIT))
+def terms(v: torch.Tensor) -> torch.Tensor:
+    """Each weight's factor in the two sums, in float64: v sech^2(u) and tanh(u) - u sech^2(u)."""
+    u = v.double() * K
     sech2 = torch.cosh(u) ** -2
-    terms = torch.stack([v.double() * sech2, torch.tanh(u) - u * sech2])
-    return terms @ grad_w.double()
+    return torch.stack([v.double() * sech2, torch.tanh(u) - u * sech2])
 
 
 def cancelled(grad_w: torch.Tensor, v: torch.Tensor, share: float = 0.01) -> torch.Tensor:
     """grad_w changed so that each sum is about ``share`` of its terms' root-sum-square."""
-    u = v.double() * (GAIN / (STD * LIMIT))
-    sech2 = torch.cosh(u) ** -2
     g = grad_w.double()
-    for term in (v.double() * sech2, torch.tanh(u) - u * sech2):
+    for term in terms(v):
         g = g - (g @ term) / (term @ term) * term
         g = g + share * (g * term).norm() / (term @ term) * term
     return g.float()
 
 
 def relative_errors(lib: ctypes.CDLL, grad_w: torch.Tensor, v: torch.Tensor) -> dict:
-    """Each path's relative error in (dL/dg, dL/dL), and each sum over its terms' root-sum-square."""
-    exact = float64_sums(grad_w, v)
-    u = v.double() * (GAIN / (STD * LIMIT))
-    sech2 = torch.cosh(u) ** -2
-    rss = torch.stack([(t * grad_w.double()).norm() for t in (v.double() * sech2, torch.tanh(u) - u * sech2)])
+    """Each path's relative error in (dL/dg, dL/dL) against float64 arithmetic, and each sum over
+    its terms' root-sum-square."""
+    factors = terms(v)
+    exact = factors @ grad_w.double()
+    rss = (factors * grad_w.double()).norm(dim=1)
     errors = {
         name: ((backward(lib, name, grad_w, v) - exact).abs() / exact.abs()).tolist()
         for name in ("double", "float")
@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=30, help="interleaved blocks of 10 passes each")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    if args.size < 2 or args.blocks < 1:
+        parser.error("--size must be at least 2 and --blocks at least 1")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     v = torch.randn(args.size) * STD
