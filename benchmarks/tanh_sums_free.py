@@ -21,7 +21,7 @@ KERNEL = cpu_kernel.load()
 class _SumsFree(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v: Tensor, scale: Tensor, gain: Tensor, limit: Tensor) -> Tensor:
-        s, g, L = scale.item(), gain.item(), limit.item()  # as the library's one-row path reads them
+        s, g, L = scale.item(), gain.item(), limit.item()  # the values the library passes (as a ctypes array)
         ctx.params = torch.tensor([[s, g, L, g / (s * L)]], dtype=torch.float64)
         ctx.save_for_backward(v, gain, limit)
         return KERNEL.forward(v, ctx.params)
