@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 # benchmark id -> stage-3 comparison folder under STUDIES_DIR
-BENCHMARKS = {"P-resnet": "p-resnet", "F-small": "paper-fsmall", "F-mlp": "paper-fmlp",
+BENCHMARKS = {"P-resnet": "paper-presnet", "F-small": "paper-fsmall", "F-mlp": "paper-fmlp",
               "M1D": "paper-m1d", "D": "paper-digits"}  # fmt: skip
 # column -> variant name in those comparisons
 COLUMNS = {
