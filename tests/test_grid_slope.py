@@ -1,0 +1,65 @@
+"""scripts/grid_slope.py: the paper's grid against slope a/b, computed from the grid's run folders."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from scipy.stats import spearmanr
+
+from weight_compander.harness.compare.runner import run_comparison
+from weight_compander.harness.config.comparison import comparison_from_dict
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+spec = importlib.util.spec_from_file_location("grid_slope", SCRIPTS / "grid_slope.py")
+grid_slope = importlib.util.module_from_spec(spec)
+sys.modules["grid_slope"] = grid_slope  # dataclasses look their module up by name
+spec.loader.exec_module(grid_slope)
+
+POINTS = {"arctan-a1-b0.5": (1.0, 0.5), "arctan-a0.5-b1": (0.5, 1.0), "arctan-a0.7-b0.7": (0.7, 0.7)}
+
+
+def test_table_and_figure_come_from_the_grid_runs(tmp_path):
+    arctan = {"reparam": "wc", "wc_kind": "arctan", "wc_scale": 1.0, "decay_on": "effective"}
+    comparison = comparison_from_dict(
+        {
+            "name": "grid-paper-digits",
+            "seeds": [100],
+            "baseline": "base",
+            "defaults": {
+                "dataset": "digits",
+                "model": "mlp",
+                "epochs": 1,
+                "batch_size": 64,
+                "train_subset": 300,
+                "val_size": 100,
+                "threads": 1,
+            },
+            "variants": {
+                "base": {},
+                **{name: {**arctan, "wc_hyper": {"a": a, "b": b}} for name, (a, b) in POINTS.items()},
+            },
+        }
+    )
+    run_comparison(
+        comparison, tmp_path / "grid-paper-digits", report=False, progress=False, log=lambda *a: None
+    )
+    out = tmp_path / "slope.md"
+    assert grid_slope.main([str(tmp_path), str(out)]) == 0
+
+    grid = tmp_path / "grid-paper-digits"
+    finals = {name: grid / name / "seed100" / "final.json" for name in ["base", *POINTS]}
+    val = {name: 100 * json.loads(path.read_text())["val_acc"] for name, path in finals.items()}
+    text = out.read_text()
+    assert "## D (`grid-paper-digits`)" in text and "P-resnet" not in text  # only grids that exist
+    for name, (a, b) in POINTS.items():
+        assert f"| {a:g} | {b:g} | {a / b:.2f} | " in text
+        assert f"| {val[name] - val['base']:+.2f} | 1 |" in text
+    rho = spearmanr([a / b for a, b in POINTS.values()], [val[n] - val["base"] for n in POINTS]).statistic
+    assert f"ρ(slope, Δ val) = {rho:+.2f}" in text
+    assert (tmp_path / "slope.png").stat().st_size > 10_000
+
+
+def test_refuses_a_folder_without_grids(tmp_path, capsys):
+    assert grid_slope.main([str(tmp_path)]) == 2
+    assert "no grid-paper-* folder" in capsys.readouterr().err
