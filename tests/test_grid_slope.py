@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -63,3 +64,15 @@ def test_table_and_figure_come_from_the_grid_runs(tmp_path):
 def test_refuses_a_folder_without_grids(tmp_path, capsys):
     assert grid_slope.main([str(tmp_path)]) == 2
     assert "no grid-paper-* folder" in capsys.readouterr().err
+
+
+def test_readme_quotes_the_correlations_the_committed_grids_give(tmp_path):
+    repo = SCRIPTS.parent
+    out = tmp_path / "slope.md"
+    assert grid_slope.main([str(repo / "studies"), str(out)]) == 0
+    heading = r"## (\S+) \(`grid-paper-[a-z0-9]+`\)\n\nSpearman's ρ\(slope, Δ val\) = ([+-]\d\.\d\d)"
+    computed = dict(re.findall(heading, out.read_text()))
+    readme = (repo / "README.md").read_text()
+    sentence = readme.split("**The grids choose a step size.**")[1].split("grid_slope.py`)")[0]
+    quoted = dict(re.findall(r"(P-resnet|F-small|F-mlp|M1D|D) ([+-]\d\.\d\d)", sentence))
+    assert quoted and quoted == computed
