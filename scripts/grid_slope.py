@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-# benchmark id -> its stage-2 grid folder under STUDIES_DIR
-GRIDS = {"P-resnet": "grid-paper-presnet", "F-small": "grid-paper-fsmall", "F-mlp": "grid-paper-fmlp",
-         "M1D": "grid-paper-m1d", "D": "grid-paper-digits"}  # fmt: skip
+from paper_results import BENCHMARKS  # scripts/ is sys.path[0]
+
+# benchmark id -> its stage-2 grid folder under STUDIES_DIR (stage 3's paper-<bench> is grid-paper-<bench>)
+GRIDS = {bench: f"grid-{folder}" for bench, folder in BENCHMARKS.items()}
 FLOOR = -5.0  # the figure's lowest Δ val (points); points below it are drawn on it with their value
 
 
@@ -100,9 +101,8 @@ def plot(grids: dict[str, list[GridPoint]], out: Path) -> None:
             mean(y for p, y in zip(points, shown, strict=True) if round(p.slope, 6) == k) for k in slopes
         ]
         ax.plot(slopes, at_slope, "-", color=line.get_color(), alpha=0.6)
-        for (
-            p
-        ) in points:  # a collapsed point would squash every other one: drawn at the floor, its value written
+        # a collapsed point would squash every other one: drawn at the floor, its value written
+        for p in points:
             if p.delta_val < FLOOR:
                 ax.plot(p.slope, FLOOR, "v", color=line.get_color(), ms=9)
                 ax.annotate(
@@ -123,7 +123,12 @@ def plot(grids: dict[str, list[GridPoint]], out: Path) -> None:
 def main(argv: Sequence[str]) -> int:
     studies = Path(argv[0]) if argv else Path("studies")
     out = Path(argv[1]) if len(argv) > 1 else Path("docs/results/paper-grid-slope.md")
-    grids = {bench: grid_points(studies / name) for bench, name in GRIDS.items() if (studies / name).is_dir()}
+    try:
+        grids = {bench: grid_points(studies / name) for bench, name in GRIDS.items()
+                 if (studies / name).is_dir()}  # fmt: skip
+    except ValueError as err:  # a grid without its base: nothing to compare with, nothing written
+        print(err, file=sys.stderr)
+        return 2
     grids = {bench: points for bench, points in grids.items() if len(points) >= 3}
     if not grids:
         print(

@@ -1,6 +1,6 @@
 """scripts/grid_slope.py: the paper's grid against slope a/b, computed from the grid's run folders."""
 
-import importlib.util
+import importlib
 import json
 import re
 import sys
@@ -12,10 +12,8 @@ from weight_compander.harness.compare.runner import run_comparison
 from weight_compander.harness.config.comparison import comparison_from_dict
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-spec = importlib.util.spec_from_file_location("grid_slope", SCRIPTS / "grid_slope.py")
-grid_slope = importlib.util.module_from_spec(spec)
-sys.modules["grid_slope"] = grid_slope  # dataclasses look their module up by name
-spec.loader.exec_module(grid_slope)
+sys.path.insert(0, str(SCRIPTS))  # grid_slope imports paper_results, as when run as a script
+grid_slope = importlib.import_module("grid_slope")
 
 POINTS = {"arctan-a1-b0.5": (1.0, 0.5), "arctan-a0.5-b1": (0.5, 1.0), "arctan-a0.7-b0.7": (0.7, 0.7)}
 
@@ -64,6 +62,23 @@ def test_table_and_figure_come_from_the_grid_runs(tmp_path):
 def test_refuses_a_folder_without_grids(tmp_path, capsys):
     assert grid_slope.main([str(tmp_path)]) == 2
     assert "no grid-paper-* folder" in capsys.readouterr().err
+
+
+def test_refuses_a_grid_without_base_and_writes_nothing(tmp_path, capsys):
+    points = {name: {"reparam": "wc", "wc_kind": "arctan", "wc_scale": 1.0, "wc_hyper": {"a": a, "b": b}}
+              for name, (a, b) in POINTS.items()}  # fmt: skip
+    comparison = comparison_from_dict({
+        "name": "grid-paper-digits", "seeds": [100], "baseline": "arctan-a1-b0.5",
+        "defaults": {"dataset": "digits", "model": "mlp", "epochs": 1, "batch_size": 64,
+                     "train_subset": 300, "val_size": 100, "threads": 1},
+        "variants": points,
+    })  # fmt: skip
+    grid = tmp_path / "grid-paper-digits"
+    run_comparison(comparison, grid, report=False, progress=False, log=lambda *a: None)
+    out = tmp_path / "slope.md"
+    assert grid_slope.main([str(tmp_path), str(out)]) == 2
+    assert "has no finished base run" in capsys.readouterr().err
+    assert not out.exists() and not out.with_suffix(".png").exists()
 
 
 def test_readme_quotes_the_correlations_the_committed_grids_give(tmp_path):
