@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -51,9 +52,11 @@ def trained(tmp_path_factory) -> Path:
     """compare with `robustness = {...}`: 3 variants x 2 seeds, evaluated, with the report."""
     root = tmp_path_factory.mktemp("rob")
     (root / "rob.toml").write_text(COMPARISON)
+    lines: list[str] = []
     summary = run_comparison(load_comparison(root / "rob.toml"), root / "out", progress=False,
-                             log=lambda _: None)
+                             log=lines.append)
     assert summary["failed"] == []
+    (root / "out" / "compare.log").write_text("\n".join(lines))
     return root / "out"
 
 
@@ -93,6 +96,33 @@ def test_compare_runs_the_suite_on_every_run_and_report_shows_tables_and_figures
     for name in ("robustness.png", "corruptions.png"):
         path = trained / "figures" / name
         assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5000 and f"(figures/{name})" in report
+
+
+def test_compare_evaluates_each_run_right_after_training_it(trained):
+    """So a study stopped part way has the robustness of every run it finished."""
+    order = [trained / v / f"seed{s}" for s in (0, 1) for v in ("base", "wc", "weight-norm")]
+    for run, later in zip(order, order[1:], strict=False):  # one at a time, seed-major
+        assert (run / "robustness.json").stat().st_mtime_ns <= (later / "final.json").stat().st_mtime_ns
+    log = (trained / "compare.log").read_text()
+    assert log.count("    robustness: clean ") == 6
+    assert "6 finished runs, 6 already evaluated, 0 to evaluate" in log  # the pass after training
+
+
+def test_compare_workers_evaluate_their_runs(tmp_path):
+    """--jobs 2: each worker evaluates the run it trained; a run left without robustness
+    (trained before the suite was asked for) is evaluated once training is done."""
+    text = COMPARISON.replace("seeds = [0, 1]", "seeds = [0]").replace("images = 150", "images = 60")
+    without = comparison_from_dict({**tomllib.loads(text), "robustness": False}, source="rob")
+    run_comparison(without, tmp_path, progress=False, log=lambda _: None)
+    shutil.rmtree(tmp_path / "wc" / "seed0")
+    shutil.rmtree(tmp_path / "weight-norm" / "seed0")
+    lines: list[str] = []
+    summary = run_comparison(comparison_from_dict(tomllib.loads(text), source="rob"), tmp_path, jobs=2,
+                             progress=False, log=lines.append)
+    assert summary["failed"] == [] and summary["invocations"][-1]["runs_trained"] == 2
+    assert sum(ln.startswith("    robustness: clean ") for ln in lines) == 2
+    assert "3 finished runs, 2 already evaluated, 1 to evaluate" in "\n".join(lines)
+    assert all(entry(tmp_path / v / "seed0")["images"] == 60 for v in ("base", "wc", "weight-norm"))
 
 
 def test_rerun_skips_finished_runs_and_a_changed_suite_reevaluates_without_touching_training_files(

@@ -10,7 +10,10 @@ continues where it stopped. Each run is trained under its folder's lock, so two 
 of one comparison on one folder train every run once (store/runlock.py); summary.json and the
 report count exactly the runs that belong to the comparison as it is now (store/membership.py).
 A top-level ``robustness = true`` (or a table of suite options, config/suite.py) evaluates
-every finished run with `robustness` after training (evaluated runs are skipped too).
+each run with `robustness` right after its training, in the same worker, so a comparison
+stopped part way has the robustness of every run it finished; once training is done, any
+finished run still without a current entry (trained before, or its evaluation failed) is
+evaluated too.
 SIGTERM / SIGINT (Ctrl-C) stop a comparison cleanly: queued runs do not start, running
 ones finish their step and write a checkpoint, the workers exit, and the command exits
 143 / 130; a second signal kills the workers at once, and if `compare` itself dies, its
@@ -127,21 +130,27 @@ def _run_comparison(
         elif result["ok"]:
             count["trained"] += 1
             log(f"{head} test acc {100 * result['test_acc']:.2f}%  ({result['seconds']:.0f} s)")
+            if "robustness" in result:
+                log(f"    robustness: {result['robustness']}")
+            elif "robustness_error" in result:
+                log(f"    robustness failed ({result['robustness_error']}); retried after training")
         else:
             path = run_dir_of(out, variant, seed) / "error.log"
             log(f"{head} FAILED after {result['seconds']:.0f} s: {result['error']} (see {path})")
             failed.append({"variant": variant, "seed": seed, "error": result["error"]})
         return True
 
-    def job(key: tuple[str, int]) -> tuple[TrainConfig, str]:
+    suite = None if comparison.robustness is None else Suite.from_options(comparison.robustness)
+
+    def job(key: tuple[str, int]) -> tuple[TrainConfig, str, Suite | None]:
         # An existing folder was interrupted: resume continues from its checkpoint (or
         # starts over if it stopped before the first one); its config was checked above.
         variant, seed = key
-        return comparison.config(variant, seed), str(run_dir_of(out, variant, seed))
+        return comparison.config(variant, seed), str(run_dir_of(out, variant, seed)), suite
 
     workers.schedule(todo, job, finished, jobs, progress, log)
-    if comparison.robustness is not None:
-        _robustness(comparison, out, progress, log, failed)
+    if suite is not None:  # runs finished before, or whose evaluation failed
+        _robustness(comparison, suite, out, progress, log, failed)
     end_cpu = os.times()
     cpu = sum(end_cpu[:4]) - sum(start_cpu[:4])
     with runlock.write_lock(out):  # two compares finishing at once: neither record is lost
@@ -159,15 +168,14 @@ def _run_comparison(
     return summary
 
 
-def _robustness(comparison: Comparison, out: Path, progress: bool, log: Any,
+def _robustness(comparison: Comparison, suite: Suite, out: Path, progress: bool, log: Any,
                 failed: list[dict[str, Any]]) -> None:
     """Evaluate the comparison's finished runs with its robustness suite (finished ones skip);
     a failure is reported like a failed run, the training results stay."""
     runs = [r for r in find_runs(out)[0] if r.variant in comparison.variants and r.seed in comparison.seeds]
     try:
         if runs:
-            evaluate_runs(runs, Suite.from_options(comparison.robustness or {}),
-                          progress=progress if progress else "quiet", log=log)
+            evaluate_runs(runs, suite, progress=progress if progress else "quiet", log=log)
     except Exception as err:
         log(f"robustness failed ({type(err).__name__}: {err}); retry with "
             f"`weight-compander robustness {out}`")

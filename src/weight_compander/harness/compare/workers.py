@@ -2,8 +2,9 @@
 
 `schedule` trains every run still to do. Each worker gets cores/N torch threads, records
 SIGTERM / SIGINT instead of dying (so a stopping comparison starts no new run in it) and stops
-on its own if `compare` dies (parentwatch.py). `run_one` trains a run under its folder's lock
-and turns an ordinary failure into a result, so one failed run stops no other.
+on its own if `compare` dies (parentwatch.py). `run_one` trains a run under its folder's lock,
+then evaluates its robustness suite if the comparison has one, and turns an ordinary failure
+into a result, so one failed run stops no other.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Any
 
 from weight_compander.harness.compare import parentwatch
 from weight_compander.harness.config.settings import TrainConfig
+from weight_compander.harness.config.suite import Suite
 from weight_compander.harness.errors import RunBusyError, RunInterrupted
+from weight_compander.harness.evaluate import robustness
 from weight_compander.harness.run import train
 from weight_compander.harness.run.loop import RESUME_HINT
 from weight_compander.harness.run.stopping import StopRequest
@@ -58,13 +61,16 @@ def _check_stop(run_dir: str) -> None:
 
 
 def run_one(
-    config: TrainConfig, run_dir: str, progress: bool | str, wait: bool = False
+    config: TrainConfig, run_dir: str, suite: Suite | None, progress: bool | str, wait: bool = False
 ) -> dict[str, Any]:
-    """Train one run under its folder's lock; never raises an ordinary exception, so one
-    failed run stops no other (an OSError, e.g. a full disk, does: it is not the run's fault).
+    """Train one run under its folder's lock, then evaluate `suite` on it (unless its
+    robustness.json is current); never raises an ordinary exception, so one failed run stops
+    no other (an OSError, e.g. a full disk, does: it is not the run's fault).
 
     Returns {"busy": holder} if another process trains the run and `wait` is off, and
-    "trained": False if the run turned out finished (by another process) once locked.
+    "trained": False if the run turned out finished (by another process) once locked. A
+    robustness failure leaves the run finished: "robustness" holds the error (the comparison
+    retries it after training), else the log line of the new entry.
     """
     global _running
     start = time.perf_counter()
@@ -79,6 +85,7 @@ def run_one(
             _running = True
             try:  # resume: continues a checkpoint if there is one, else starts the run
                 final = train.run(config, Path(run_dir), resume=True, progress=progress)
+                evaluated = _evaluate(run_dir, suite)
             finally:  # (a finished run without config.json only gets it restored)
                 _running = False
     except RunBusyError as err:
@@ -94,7 +101,19 @@ def run_one(
         return {"ok": False, "error": f"{type(err).__name__}: {err}",
                 "seconds": time.perf_counter() - start}
     return {"ok": True, "trained": done is None, "test_acc": float(final["test_acc"]),
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start, **evaluated}
+
+
+def _evaluate(run_dir: str, suite: Suite | None) -> dict[str, str]:
+    """Robustness right after training, while the checkpoint is surely there; {} if none asked."""
+    if suite is None or robustness.is_current(run_dir, suite):
+        return {}
+    try:
+        return {"robustness": robustness.describe(robustness.evaluate_and_save(run_dir, suite))}
+    except OSError:
+        raise
+    except Exception as err:  # the run is finished all the same; the comparison retries later
+        return {"robustness_error": f"{type(err).__name__}: {err}"}
 
 
 def stopped(signum: int, detail: str = "") -> RunInterrupted:
@@ -129,15 +148,15 @@ def cores() -> int:
 
 
 def schedule(
-    todo: Sequence[Hashable], job: Callable[[Any], tuple[TrainConfig, str]],
+    todo: Sequence[Hashable], job: Callable[[Any], tuple[TrainConfig, str, Suite | None]],
     finished: Callable[[Any, dict[str, Any]], bool], jobs: int, progress: bool, log: Callable[[str], None],
 ) -> None:
     """Train the run of every key in `todo`, one at a time here (`jobs` 1) or in `jobs` workers.
 
-    `job(key)` gives the run's settings and folder; `finished(key, result)` is told each
-    outcome (see `run_one`) and returns False for a run another process holds: those get a
-    second round that waits for their lock. A stop signal stops the comparison cleanly
-    (`STOPPED`); an OSError (the disk, a folder) stops it at once.
+    `job(key)` gives the run's settings, folder and robustness suite (or None);
+    `finished(key, result)` is told each outcome (see `run_one`) and returns False for a run
+    another process holds: those get a second round that waits for their lock. A stop signal
+    stops the comparison cleanly (`STOPPED`); an OSError (the disk, a folder) stops it at once.
     """
     # Two rounds: first every run nobody else holds, then (wait=True) the ones others held.
     pending, wait = todo, False

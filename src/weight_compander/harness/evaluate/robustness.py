@@ -54,7 +54,8 @@ from weight_compander.harness.store import atomic, checkpoint
 if TYPE_CHECKING:
     from weight_compander.harness.store.scan import Run
 
-__all__ = ["FILE", "evaluate_run", "evaluate_runs", "is_current", "load_weights", "read"]
+__all__ = ["FILE", "describe", "evaluate_and_save", "evaluate_run", "evaluate_runs", "is_current",
+           "load_weights", "read"]
 
 FILE = "robustness.json"
 
@@ -147,6 +148,28 @@ def evaluate_run(
     }
 
 
+def evaluate_and_save(
+    run_dir: str | Path, suite: Suite, *, cache: dict | None = None,
+    tick: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate one run and add its entry to the run's robustness.json (other entries kept).
+
+    A comparison calls this right after each run, so a study stopped part way has the
+    robustness of every run it finished (its checkpoints need not survive)."""
+    entry = evaluate_run(run_dir, suite, cache=cache, tick=tick)
+    saved = read(run_dir)
+    saved = {"format": 1, "evaluations": {**saved.get("evaluations", {}), suite.weights: entry}}
+    atomic.write_json(Path(run_dir) / FILE, saved)
+    return entry
+
+
+def describe(entry: dict[str, Any]) -> str:
+    """One log line's worth of an entry: clean and each family's mean accuracy."""
+    families = "  ".join(f"{f} {100 * a:.1f}" for f, a in entry["summary"].items())
+    return (f"clean {100 * entry['clean']['acc']:.1f}  {families}  "
+            f"(% of {entry['images']} test images, {entry['seconds']:.0f} s)")
+
+
 def read(run_dir: str | Path) -> dict[str, Any]:
     """A run's robustness.json ({} if it has none)."""
     path = Path(run_dir) / FILE
@@ -204,14 +227,9 @@ def _evaluate_runs(
     cache: dict = {}
     for i, run in enumerate(todo, 1):
         bar = _bar(out, f"[{i}/{len(todo)}] {run.variant} seed {run.seed}", run, suite)
-        entry = evaluate_run(run.path, suite, cache=cache, tick=lambda b=bar: b.update(1))
+        entry = evaluate_and_save(run.path, suite, cache=cache, tick=lambda b=bar: b.update(1))
         bar.close()
-        saved = read(run.path)
-        saved = {"format": 1, "evaluations": {**saved.get("evaluations", {}), suite.weights: entry}}
-        atomic.write_json(run.path / FILE, saved)
-        families = "  ".join(f"{f} {100 * a:.1f}" for f, a in entry["summary"].items())
-        log(f"[{i}/{len(todo)}] {run.variant} seed {run.seed}: clean {100 * entry['clean']['acc']:.1f}  "
-            f"{families}  (% of {entry['images']} test images, {entry['seconds']:.0f} s)")
+        log(f"[{i}/{len(todo)}] {run.variant} seed {run.seed}: {describe(entry)}")
     return {"evaluated": len(todo), "skipped": len(runs) - len(todo) - len(blind),
             "no_checkpoint": len(blind)}
 
