@@ -4,6 +4,7 @@ change, never touches training files, report tables and figures, clear errors.""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import shutil
@@ -101,7 +102,7 @@ def test_compare_runs_the_suite_on_every_run_and_report_shows_tables_and_figures
 def test_compare_evaluates_each_run_right_after_training_it(trained):
     """So a study stopped part way has the robustness of every run it finished."""
     order = [trained / v / f"seed{s}" for s in (0, 1) for v in ("base", "wc", "weight-norm")]
-    for run, later in zip(order, order[1:], strict=False):  # one at a time, seed-major
+    for run, later in itertools.pairwise(order):  # one at a time, seed-major
         assert (run / "robustness.json").stat().st_mtime_ns <= (later / "final.json").stat().st_mtime_ns
     log = (trained / "compare.log").read_text()
     assert log.count("    robustness: clean ") == 6

@@ -128,8 +128,15 @@ def test_status_of_the_clone_with_a_larger_plan(committed, capsys):
                       **{("kure", s): "missing" for s in (0, 1, 2)}}
     cpu = {v: [json.loads((folder / v / f"seed{s}" / "final.json").read_text())["cpu_time"]
                for s in (0, 1)] for v in ("base", "wc")}
-    assert st.to_go("base") == pytest.approx(sum(cpu["base"]) / 2)  # one missing run at the mean
-    assert st.to_go("kure") == pytest.approx(3 * sum(cpu["base"] + cpu["wc"]) / 4)  # the study's mean
+    evaluation = {v: [json.loads((folder / v / f"seed{s}" / "robustness.json").read_text())
+                      ["evaluations"]["final"]["cpu_time"] for s in (0, 1)] for v in ("base", "wc")}
+    assert min(evaluation["base"]) > 0
+    # one missing run at the mean, trained and evaluated; kure: three at the study's means
+    assert st.to_go("base") == pytest.approx((sum(cpu["base"]) + sum(evaluation["base"])) / 2)
+    assert st.to_go("kure") == pytest.approx(
+        3 * (sum(cpu["base"] + cpu["wc"]) + sum(evaluation["base"] + evaluation["wc"])) / 4)
+    so_far = sum(cpu["base"] + cpu["wc"] + evaluation["base"] + evaluation["wc"])
+    assert sum(r.cpu_time + r.robust_cpu for r in st.runs) == pytest.approx(so_far)
     assert all(r.robust for r in st.runs if r.state == "finished")
 
     # without --config, the plan is the folder's compare.json

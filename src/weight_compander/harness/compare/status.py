@@ -3,10 +3,13 @@
 A long study is trained over many sessions (its finished runs committed under ``studies/``),
 so before each one you want to know: per variant, which runs are finished, running (another
 process holds the run's lock), interrupted (started, not finished, nobody training it) or
-missing, the CPU time the finished runs took (``cpu_time`` of their final.json) and an
-estimate of the CPU time the rest will take: the mean CPU time of the variant's finished
-runs (of all finished runs while the variant has none) for each missing run, and the part
-not yet done (from metrics.jsonl's epochs) of each started one.
+missing, the CPU time the finished runs took (``cpu_time`` of their final.json, plus their
+robustness evaluation's ``cpu_time`` (older entries: seconds × threads) when the comparison
+has a suite: on the whole test set it can cost as much as the training) and an estimate of
+the CPU time the rest will take: the mean CPU time of the variant's finished runs (of all
+finished runs while the variant has none) for each missing run, and the part not yet done
+(from metrics.jsonl's epochs) of each started one; likewise the mean evaluation for each run
+not yet evaluated.
 
 The plan (variants × seeds) comes from ``--config`` (the comparison TOML, e.g. with seeds
 added since the last `compare`) or else from RUNS_DIR/compare.json; without either, only the
@@ -22,7 +25,7 @@ from pathlib import Path
 from weight_compander.harness.config.comparison import load_comparison
 from weight_compander.harness.config.suite import Suite
 from weight_compander.harness.errors import CompareError, RunFileError
-from weight_compander.harness.evaluate.robustness import is_current
+from weight_compander.harness.evaluate.robustness import is_current, read
 from weight_compander.harness.store import runfiles, runlock
 from weight_compander.harness.store.membership import FIX_COMPARE_JSON
 from weight_compander.harness.store.scan import read_metrics, run_dir_of
@@ -43,6 +46,7 @@ class RunState:
     cpu_time: float = 0.0  # finished runs: final.json's cpu_time
     done: float = 0.0  # share of the epochs done (1 for a finished run)
     robust: bool | None = None  # evaluated with the comparison's robustness suite (None: no suite)
+    robust_cpu: float = 0.0  # that evaluation's CPU seconds (0 if not evaluated)
 
 
 @dataclass
@@ -59,19 +63,28 @@ class StudyStatus:
     def of(self, variant: str) -> list[RunState]:
         return [r for r in self.runs if r.variant == variant]
 
-    def mean_cpu(self, variant: str | None = None) -> float | None:
-        """Mean CPU seconds of a finished run of `variant` (None: of the study); None if none."""
-        times = [r.cpu_time for r in self.runs if r.state == "finished" and r.cpu_time > 0
-                 and (variant is None or r.variant == variant)]
+    def mean_cpu(self, variant: str | None = None, *, robustness: bool = False) -> float | None:
+        """Mean CPU seconds of a finished run of `variant` (None: of the study), or of its
+        robustness evaluation; None if none."""
+        times = [r.robust_cpu if robustness else r.cpu_time for r in self.runs
+                 if r.state == "finished" and (variant is None or r.variant == variant)]
+        times = [t for t in times if t > 0]
         return statistics.fmean(times) if times else None
 
     def to_go(self, variant: str) -> float | None:
-        """Estimated CPU seconds for the variant's unfinished runs (0 if none; None: no basis)."""
-        left = sum(1.0 - r.done for r in self.of(variant) if r.state != "finished")
-        if not left:
-            return 0.0
-        mean = self.mean_cpu(variant) or self.mean_cpu()
-        return None if mean is None else mean * left
+        """Estimated CPU seconds for the variant's unfinished runs and evaluations (0 if none;
+        None: no basis)."""
+        runs = self.of(variant)
+        left = sum(1.0 - r.done for r in runs if r.state != "finished")
+        unevaluated = sum(r.robust is False for r in runs)  # unfinished runs included
+        total = 0.0
+        for count, robustness in ((left, False), (unevaluated, True)):
+            if count:
+                mean = self.mean_cpu(variant, robustness=robustness) or self.mean_cpu(robustness=robustness)
+                if mean is None:
+                    return None
+                total += mean * count
+        return total
 
 
 def _plan(folder: Path, config: Path | None) -> tuple[str, list[str], list[int], dict | None, str]:
@@ -139,8 +152,12 @@ def study_status(folder: str | Path, config: str | Path | None = None) -> StudyS
                 run = RunState(v, s, path, "interrupted", done=_epochs_done(path))
             else:
                 run = RunState(v, s, path, "missing")
-            if suite is not None and run.state == "finished":
-                run.robust = is_current(path, suite)
+            if suite is not None:
+                run.robust = run.state == "finished" and is_current(path, suite)
+                if run.robust:
+                    entry = read(path)["evaluations"][suite.weights]
+                    run.robust_cpu = float(entry.get("cpu_time")  # older entries: wall x threads
+                                           or entry.get("seconds", 0.0) * entry.get("threads", 1))
             out.runs.append(run)
     return out
 
@@ -172,13 +189,13 @@ def format_status(st: StudyStatus) -> str:
         runs = st.of(v)
         cells = [v, f"{sum(r.state == 'finished' for r in runs)}/{len(runs)}",
                  *(str(sum(r.state == k for r in runs)) for k in STATES[1:]),
-                 _time(sum(r.cpu_time for r in runs)), _time(st.to_go(v))]
+                 _time(sum(r.cpu_time + r.robust_cpu for r in runs)), _time(st.to_go(v))]
         if robust:
             cells.insert(5, f"{sum(bool(r.robust) for r in runs)}/{len(runs)}")
         rows.append(cells)
     go = [st.to_go(v) for v in st.variants]
     total = ["total", f"{count['finished']}/{len(st.runs)}", *(str(count[k]) for k in STATES[1:]),
-             _time(sum(r.cpu_time for r in st.runs)),
+             _time(sum(r.cpu_time + r.robust_cpu for r in st.runs)),
              _time(None if None in go else sum(g for g in go if g is not None))]
     if robust:
         total.insert(5, f"{sum(bool(r.robust) for r in st.runs)}/{len(st.runs)}")
@@ -189,7 +206,8 @@ def format_status(st: StudyStatus) -> str:
                                in enumerate(zip(row, widths, strict=True))).rstrip())
     if any(g is None for g in go):
         lines.append("?: no finished run yet to estimate from")
-    lines.append("CPU time: the runs' own (final.json cpu_time, all threads); the estimate is the "
-                 "mean per finished run of the variant (of the study while it has none) times "
-                 "the runs left, started ones counted by the epochs they still need")
+    lines.append("CPU time: the runs' own (final.json cpu_time, all threads)"
+                 + (", plus each robustness evaluation's" if robust else "")
+                 + "; the estimate is the mean per finished run of the variant (of the study while "
+                 "it has none) times the runs left, started ones counted by the epochs they still need")
     return "\n".join(lines)

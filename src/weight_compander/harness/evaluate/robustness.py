@@ -16,7 +16,7 @@ there is written; `report` tables and plots it (report/robustness.py).
         "results": [{"family": "corruption", "condition": "rotate", "level": 2, "acc": …, "loss": …},
                     {"family": "prune-global", "condition": "sparsity", "level": 0.9, …}, …],
         "summary": {"corruption": 0.74, "prune-global": 0.61, …},   # mean acc per family
-        "seconds": 31.2, "threads": 2, "torch": "2.13.0", "evaluated": "2025-…"}}}
+        "seconds": 31.2, "cpu_time": 58.0, "threads": 2, "torch": "2.13.0", "evaluated": "2025-…"}}}
 
 An entry is up to date when its suite version and fingerprint (a hash of every setting of
 the suite and `SUITE_VERSION`) match; re-running skips such runs and re-evaluates the rest.
@@ -110,7 +110,7 @@ def evaluate_run(
     tick: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate one run with `suite`; return its entry (see the module docstring). Writes nothing."""
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     model, cfg, epoch = load_weights(Path(run_dir), suite.weights)
     data = test_subset(cfg, suite.images, cache)
     x, y = data["x"], data["y"]
@@ -142,7 +142,8 @@ def evaluate_run(
         "suite": {"version": SUITE_VERSION, "fingerprint": suite.fingerprint(), **suite.settings()},
         "weights": suite.weights, "epoch": epoch, "images": len(y), "test_images": data["test_images"],
         "clean": clean, "results": results, "summary": summary,
-        "seconds": time.perf_counter() - start, "threads": torch.get_num_threads(),
+        "seconds": time.perf_counter() - start, "cpu_time": time.process_time() - start_cpu,
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "evaluated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
