@@ -69,8 +69,8 @@ def run_one(
 
     Returns {"busy": holder} if another process trains the run and `wait` is off, and
     "trained": False if the run turned out finished (by another process) once locked. A
-    robustness failure leaves the run finished: "robustness" holds the error (the comparison
-    retries it after training), else the log line of the new entry.
+    robustness failure leaves the run finished: "robustness_error" holds the error (the
+    comparison retries it after training); else "robustness" holds the new entry's log line.
     """
     global _running
     start = time.perf_counter()
