@@ -8,6 +8,8 @@ import itertools
 import json
 import re
 import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -218,3 +220,42 @@ def test_a_comparison_file_can_ask_for_every_test_image():
     assert suite.images is None and suite.fingerprint() == Suite(images=None).fingerprint()
     with pytest.raises(CompareError, match=r"images: must be an integer >= 1 or \"all\".*'some'"):
         comparison_from_dict({**base, "robustness": {"images": "some"}})
+
+
+STOP_DURING_EVALUATION = r"""
+import os, signal, sys
+from pathlib import Path
+from weight_compander.harness.compare import workers
+from weight_compander.harness.config.comparison import load_comparison
+from weight_compander.harness.config.suite import Suite
+from weight_compander.harness.errors import RunInterrupted
+from weight_compander.harness.evaluate import robustness
+
+comparison = load_comparison(sys.argv[1])
+real = robustness.evaluate_run
+
+def stop_first(run_dir, suite, **kw):  # `compare` is stopped just as the evaluation starts
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(run_dir, suite, **kw)
+
+robustness.evaluate_run = stop_first
+workers.init_worker(1, os.getppid())
+try:
+    suite = Suite.from_options(comparison.robustness)
+    workers.run_one(comparison.config("base", 0), sys.argv[2], suite, "quiet")
+except RunInterrupted as err:
+    print("stopped:", err.message)
+"""
+
+
+def test_a_stop_ends_a_workers_evaluation_without_writing_it(tmp_path):
+    """A stop signal to a worker ends the evaluation of the run it just trained after the
+    current condition, as it ends training after the current step: the run stays finished,
+    robustness.json is not written (a re-run of the comparison evaluates it)."""
+    (tmp_path / "rob.toml").write_text(COMPARISON)
+    run = tmp_path / "base" / "seed0"
+    argv = [sys.executable, "-c", STOP_DURING_EVALUATION, str(tmp_path / "rob.toml"), str(run)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"stopped: {run} trained, robustness not evaluated: stopping" in done.stdout
+    assert (run / "final.json").exists() and not (run / "robustness.json").exists()

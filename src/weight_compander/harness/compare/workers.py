@@ -10,6 +10,7 @@ into a result, so one failed run stops no other.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import multiprocessing
 import os
 import signal
@@ -54,10 +55,11 @@ def init_worker(threads: int, parent: int) -> None:
     _worker_stop = StopRequest().__enter__()  # for the worker's lifetime
 
 
-def _check_stop(run_dir: str) -> None:
-    """While waiting for another process's run: give up if this worker was told to stop."""
+def _check_stop(run_dir: str, what: str = "not started") -> None:
+    """While waiting for another process's run, or evaluating one: give up if this worker was
+    told to stop."""
     if _worker_stop is not None and _worker_stop.signum is not None:
-        raise RunInterrupted(_worker_stop.signum, f"{run_dir} not started: stopping")
+        raise RunInterrupted(_worker_stop.signum, f"{run_dir} {what}: stopping")
 
 
 def run_one(
@@ -108,8 +110,11 @@ def _evaluate(run_dir: str, suite: Suite | None) -> dict[str, str]:
     """Robustness right after training, while the checkpoint is surely there; {} if none asked."""
     if suite is None or robustness.is_current(run_dir, suite):
         return {}
+    # a stop signal ends the evaluation after its current condition (nothing written; a
+    # re-run evaluates the run), as it ends training after the current step
+    tick = functools.partial(_check_stop, run_dir, "trained, robustness not evaluated")
     try:
-        return {"robustness": robustness.describe(robustness.evaluate_and_save(run_dir, suite))}
+        return {"robustness": robustness.describe(robustness.evaluate_and_save(run_dir, suite, tick=tick))}
     except OSError:
         raise
     except Exception as err:  # the run is finished all the same; the comparison retries later
